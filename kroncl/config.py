@@ -1,0 +1,165 @@
+"""Typed run configuration, validated once at the boundary.
+
+Hydra composes YAML from ``configs/``; :func:`validate_config` turns the composed tree into
+these dataclasses and reports *every* problem in one :class:`~kroncl.errors.ConfigError`, each
+naming the command-line key to change (``train.lr=...``), so a bad run fails before any model
+is loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kroncl.errors import ConfigError
+
+STRATEGY_MODES = ("sequential", "per_task", "orthogonal")
+PLUGINS = ("replay", "lwf", "ewc")
+SCHEDULES = ("linear", "cosine", "constant")
+DEVICES = ("cpu", "cuda", "auto")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+QUANT_SCHEMES = ("none", "int8", "int4", "nf4")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 3
+    """Passes over each experience's training set."""
+    batch_size: int = 16
+    eval_batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    schedule: str = "linear"
+    """Learning-rate schedule after warmup: linear | cosine | constant (restarted per experience)."""
+    warmup_ratio: float = 0.1
+    grad_accum: int = 1
+    """Mini-batches whose gradients are summed before one optimiser step."""
+    max_grad_norm: float = 1.0
+    """Global gradient-norm clip; 0 disables clipping."""
+    device: str = "auto"
+    precision: str = "auto"
+    progress: bool = True
+
+
+@dataclass
+class StrategyConfig:
+    mode: str = "sequential"
+    plugins: list[str] = field(default_factory=list)
+    replay_mem_size: int = 200
+    lwf_alpha: float = 1.0
+    lwf_temperature: float = 2.0
+    ewc_lambda: float = 100.0
+    orthogonal_lambda: float = 0.0
+
+
+@dataclass
+class QuantConfig:
+    scheme: str = "none"
+    block_size: int = 64
+
+
+@dataclass
+class TrackingConfig:
+    enabled: bool = True
+    uri: str | None = None
+    experiment: str = "kroncl"
+
+
+@dataclass
+class RegistryConfig:
+    enabled: bool = True
+    url: str | None = None
+    artifacts: str | None = None
+
+
+def _check_choice(errors: list[str], key: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        errors.append(f"{key}={value!r} is not one of {', '.join(choices)}")
+
+
+def _check_positive(errors: list[str], key: str, value: float, allow_zero: bool = False) -> None:
+    if allow_zero and value < 0 or not allow_zero and value <= 0:
+        bound = ">= 0" if allow_zero else "> 0"
+        errors.append(f"{key}={value!r} must be {bound}")
+
+
+def validate_train(cfg: TrainConfig, errors: list[str]) -> None:
+    for key in ("epochs", "batch_size", "eval_batch_size", "grad_accum"):
+        _check_positive(errors, f"train.{key}", getattr(cfg, key))
+    _check_positive(errors, "train.lr", cfg.lr)
+    _check_positive(errors, "train.weight_decay", cfg.weight_decay, allow_zero=True)
+    _check_positive(errors, "train.max_grad_norm", cfg.max_grad_norm, allow_zero=True)
+    if not 0.0 <= cfg.warmup_ratio < 1.0:
+        errors.append(f"train.warmup_ratio={cfg.warmup_ratio!r} must be in [0, 1)")
+    _check_choice(errors, "train.schedule", cfg.schedule, SCHEDULES)
+    _check_choice(errors, "train.device", cfg.device, DEVICES)
+    _check_choice(errors, "train.precision", cfg.precision, PRECISIONS)
+
+
+def validate_strategy(cfg: StrategyConfig, errors: list[str]) -> None:
+    _check_choice(errors, "strategy", cfg.mode, STRATEGY_MODES)
+    for name in cfg.plugins:
+        if name not in PLUGINS:
+            errors.append(
+                f"strategy.plugins contains {name!r}; known plugins: {', '.join(PLUGINS)}"
+            )
+    if len(set(cfg.plugins)) != len(cfg.plugins):
+        errors.append(f"strategy.plugins={cfg.plugins} lists a plugin twice")
+    _check_positive(errors, "strategy.replay_mem_size", cfg.replay_mem_size)
+    _check_positive(errors, "strategy.lwf_temperature", cfg.lwf_temperature)
+    _check_positive(errors, "strategy.lwf_alpha", cfg.lwf_alpha, allow_zero=True)
+    _check_positive(errors, "strategy.ewc_lambda", cfg.ewc_lambda, allow_zero=True)
+    _check_positive(errors, "strategy.orthogonal_lambda", cfg.orthogonal_lambda, allow_zero=True)
+    if cfg.mode == "orthogonal" and cfg.orthogonal_lambda == 0:
+        errors.append("strategy=orthogonal needs strategy.orthogonal_lambda > 0")
+
+
+def validate_quant(cfg: QuantConfig, errors: list[str]) -> None:
+    _check_choice(errors, "quant", cfg.scheme, QUANT_SCHEMES)
+    if cfg.block_size <= 0 or cfg.block_size % 2:
+        errors.append(f"quant.block_size={cfg.block_size!r} must be a positive even number")
+
+
+def build_section(cls: type, node: Any, key: str, errors: list[str]) -> Any:
+    """Build dataclass ``cls`` from a plain mapping, recording unknown keys as errors."""
+    node = dict(node or {})
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(node) - names)
+    if unknown:
+        errors.append(
+            f"unknown key(s) {', '.join(f'{key}.{u}' for u in unknown)}; "
+            f"known: {', '.join(sorted(names))}"
+        )
+    try:
+        return cls(**{k: v for k, v in node.items() if k in names})
+    except TypeError as exc:  # a required field is missing
+        errors.append(f"{key}: {exc}")
+        return cls()
+
+
+def config_hash(resolved: dict[str, Any], ignore: tuple[str, ...] = ()) -> str:
+    """Stable short hash of the parts of a resolved config that change results."""
+    pruned = {k: v for k, v in resolved.items() if k not in ignore}
+    blob = json.dumps(pruned, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def diff_configs(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """List of ``key: old -> new`` lines for every leaf that differs (for resume errors)."""
+    lines: list[str] = []
+    for key in sorted(set(old) | set(new)):
+        path = f"{prefix}{key}"
+        a, b = old.get(key, "<missing>"), new.get(key, "<missing>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            lines.extend(diff_configs(a, b, prefix=f"{path}."))
+        elif a != b:
+            lines.append(f"{path}: {a!r} -> {b!r}")
+    return lines
+
+
+def resolve_path(value: str | Path | None, default: Path) -> Path:
+    return Path(value).expanduser() if value else default
