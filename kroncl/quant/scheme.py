@@ -1,0 +1,162 @@
+"""`QuantScheme`: which quantization an adapter artifact uses, and its JSON form.
+
+The JSON form is the ``"quantization"`` entry of ``adapter_config.json``::
+
+    {"scheme": "int4", "block_size": 64, "scale_dtype": "bfloat16", "format_version": 1,
+     "shapes": {"<key>": [384, 8], ...}, "dtypes": {"<key>": "float32", ...}}
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from kroncl.errors import ConfigError, QuantFormatError
+
+FORMAT_VERSION = 1
+"""Version of the stored layout; bump it when the meaning of stored tensors changes."""
+
+KIND_BITS: dict[str, int] = {"int8": 8, "int4": 4, "nf4": 4}
+"""Every supported kind and its bit width."""
+
+SCHEME_NAMES: tuple[str, ...] = ("none", "int8", "int4", "nf4")
+"""Names accepted by `QuantScheme.from_name` ("none" = keep full precision)."""
+
+SCALE_DTYPES: dict[str, torch.dtype] = {
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+    "float32": torch.float32,
+}
+DEFAULT_SCALE_DTYPE = "bfloat16"
+
+DEFAULT_BLOCK_SIZE = 64
+
+
+@dataclass(frozen=True)
+class QuantScheme:
+    """How adapter tensors are quantized.
+
+    Attributes:
+        bits: 8 for "int8", 4 for "int4" and "nf4".
+        kind: "int8" (symmetric, one absmax scale per output row), "int4" (symmetric
+            block-wise absmax over the flattened tensor, levels -7..7) or "nf4" (block-wise
+            absmax with the QLoRA NormalFloat-4 code book).
+        block_size: elements per scale for the 4-bit kinds; a positive integer. Recorded
+            but unused by "int8", whose granularity is one row.
+        scale_dtype: storage dtype of scales: "bfloat16" (default; 2 bytes, float32's range),
+            "float16" (2 bytes; a tensor whose scales fall outside float16's normal range is
+            stored with float32 scales instead) or "float32" (4 bytes). See
+            `kroncl.quant.scales` for why the error bound holds with any of them.
+    """
+
+    bits: int
+    kind: str
+    block_size: int = DEFAULT_BLOCK_SIZE
+    scale_dtype: str = DEFAULT_SCALE_DTYPE
+
+    def __post_init__(self) -> None:
+        if self.kind not in KIND_BITS:
+            raise ConfigError(
+                f"Unknown quantization kind {self.kind!r}; use one of {sorted(KIND_BITS)}."
+            )
+        if self.bits != KIND_BITS[self.kind]:
+            raise ConfigError(
+                f"Quantization kind {self.kind!r} uses {KIND_BITS[self.kind]} bits, got "
+                f"bits={self.bits!r}; set bits={KIND_BITS[self.kind]}."
+            )
+        _check_block_size(self.block_size)
+        if self.scale_dtype not in SCALE_DTYPES:
+            raise ConfigError(
+                f"Unknown scale_dtype {self.scale_dtype!r}; use one of {sorted(SCALE_DTYPES)}."
+            )
+
+    @property
+    def torch_scale_dtype(self) -> torch.dtype:
+        """The preferred scale dtype as a torch dtype."""
+        return SCALE_DTYPES[self.scale_dtype]
+
+    @property
+    def granularity(self) -> str:
+        """"row" for int8 (one scale per output row), "block" for the 4-bit kinds."""
+        return "row" if self.kind == "int8" else "block"
+
+    @classmethod
+    def from_name(
+        cls, name: str, block_size: int = DEFAULT_BLOCK_SIZE, scale_dtype: str = DEFAULT_SCALE_DTYPE
+    ) -> QuantScheme | None:
+        """Build a scheme from its user-facing name.
+
+        Args:
+            name: "none", "int8", "int4" or "nf4" (case-insensitive).
+            block_size: elements per scale for the 4-bit kinds (positive integer).
+            scale_dtype: "bfloat16", "float16" or "float32".
+
+        Returns:
+            The scheme, or None for "none" (store full precision).
+
+        Raises:
+            ConfigError: unknown name, bad block size or scale dtype; the message names the
+                bad value and the accepted ones.
+        """
+        if not isinstance(name, str) or name.lower() not in SCHEME_NAMES:
+            raise ConfigError(
+                f"Unknown quantization scheme {name!r}; use one of {list(SCHEME_NAMES)}."
+            )
+        kind = name.lower()
+        if kind == "none":
+            return None
+        return cls(bits=KIND_BITS[kind], kind=kind, block_size=block_size, scale_dtype=scale_dtype)
+
+    def to_meta(self) -> dict[str, Any]:
+        """The scheme part of the JSON metadata (no per-tensor entries)."""
+        return {
+            "scheme": self.kind,
+            "bits": self.bits,
+            "block_size": self.block_size,
+            "granularity": self.granularity,
+            "scale_dtype": self.scale_dtype,
+            "format_version": FORMAT_VERSION,
+        }
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any]) -> QuantScheme:
+        """Read the scheme back from ``adapter_config.json["quantization"]``.
+
+        Raises:
+            QuantFormatError: the metadata is not a dict, misses "scheme", carries an unknown
+                format_version, or names an unknown scheme / bad block size.
+        """
+        if not isinstance(meta, dict):
+            raise QuantFormatError(
+                f"Quantization metadata must be a JSON object, got {type(meta).__name__}."
+            )
+        version = meta.get("format_version")
+        if version != FORMAT_VERSION:
+            raise QuantFormatError(
+                f"Quantization format_version {version!r} is not supported by this kroncl "
+                f"(reads format_version {FORMAT_VERSION})."
+            )
+        if "scheme" not in meta:
+            raise QuantFormatError("Quantization metadata has no 'scheme' entry.")
+        try:
+            scheme = cls.from_name(
+                meta["scheme"],
+                block_size=meta.get("block_size", DEFAULT_BLOCK_SIZE),
+                scale_dtype=meta.get("scale_dtype", DEFAULT_SCALE_DTYPE),
+            )
+        except ConfigError as err:
+            raise QuantFormatError(f"Bad quantization metadata: {err}") from err
+        if scheme is None:
+            raise QuantFormatError("Quantization metadata says scheme 'none'; store null instead.")
+        return scheme
+
+
+def _check_block_size(block_size: Any) -> None:
+    # bool is an int subclass; True would silently mean a block of 1.
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+        raise ConfigError(
+            f"Quantization block_size must be a positive integer, got {block_size!r}; "
+            f"64 is the usual choice."
+        )

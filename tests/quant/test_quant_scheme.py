@@ -1,0 +1,62 @@
+"""QuantScheme: names, validation, JSON form."""
+
+import json
+
+import pytest
+
+from kroncl.errors import ConfigError, QuantFormatError
+from kroncl.quant import FORMAT_VERSION, QuantScheme
+
+
+@pytest.mark.parametrize(("name", "bits"), [("int8", 8), ("int4", 4), ("nf4", 4), ("NF4", 4)])
+def test_from_name_builds_scheme(name, bits):
+    scheme = QuantScheme.from_name(name, block_size=32)
+    assert scheme.kind == name.lower()
+    assert scheme.bits == bits
+    assert scheme.block_size == 32
+
+
+def test_from_name_none_means_no_quantization():
+    assert QuantScheme.from_name("none") is None
+
+
+@pytest.mark.parametrize("bad", ["int2", "fp8", "", None, 4])
+def test_unknown_name_is_named_in_error(bad):
+    with pytest.raises(ConfigError, match=repr(bad).replace("(", r"\(")):
+        QuantScheme.from_name(bad)
+
+
+@pytest.mark.parametrize("bad", [0, -64, 2.5, True, "64"])
+def test_bad_block_size_is_named_in_error(bad):
+    with pytest.raises(ConfigError, match="block_size") as info:
+        QuantScheme.from_name("int4", block_size=bad)
+    assert repr(bad) in str(info.value)
+
+
+def test_bad_scale_dtype_and_bits_mismatch():
+    with pytest.raises(ConfigError, match="'float8'"):
+        QuantScheme.from_name("int4", scale_dtype="float8")
+    with pytest.raises(ConfigError, match="bits=8"):
+        QuantScheme(bits=8, kind="int4")
+
+
+@pytest.mark.parametrize("name", ["int8", "int4", "nf4"])
+@pytest.mark.parametrize("scale_dtype", ["bfloat16", "float16", "float32"])
+def test_meta_round_trips_through_json(name, scale_dtype):
+    scheme = QuantScheme.from_name(name, block_size=16, scale_dtype=scale_dtype)
+    meta = json.loads(json.dumps(scheme.to_meta()))
+    assert meta["format_version"] == FORMAT_VERSION
+    assert meta["scheme"] == name
+    assert QuantScheme.from_meta(meta) == scheme
+
+
+def test_from_meta_rejects_unknown_version_and_scheme():
+    meta = QuantScheme.from_name("int4").to_meta()
+    with pytest.raises(QuantFormatError, match="format_version 99"):
+        QuantScheme.from_meta({**meta, "format_version": 99})
+    with pytest.raises(QuantFormatError, match="'int3'"):
+        QuantScheme.from_meta({**meta, "scheme": "int3"})
+    with pytest.raises(QuantFormatError, match="null"):
+        QuantScheme.from_meta({**meta, "scheme": "none"})
+    with pytest.raises(QuantFormatError, match="JSON object"):
+        QuantScheme.from_meta(["int4"])
