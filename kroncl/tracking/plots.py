@@ -1,0 +1,121 @@
+"""PNG plots of an accuracy matrix (matplotlib, no pyplot: figures render through Agg).
+
+Using ``matplotlib.figure.Figure`` directly keeps these functions free of pyplot's global
+state, so they work in headless jobs and never open a window.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+from kroncl.metrics import AccuracyMatrix
+
+
+def _save_png(fig: Figure, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def plot_accuracy_heatmap(matrix: AccuracyMatrix, path: str | Path, title: str | None = None) -> Path:
+    """Annotated heatmap of the accuracy matrix.
+
+    Rows: ``before`` (baseline), ``after <task>`` per experience; columns: tasks. Cells not
+    measured yet are blank and annotated ``-``.
+
+    Args:
+        matrix: the matrix to draw (may be incomplete).
+        path: output ``.png`` path (written atomically; parent folders created).
+        title: figure title; default "Accuracy matrix".
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+    """
+    import numpy as np
+
+    T = matrix.num_tasks
+    rows = [matrix.baseline, *matrix.rows]
+    data = np.array([[math.nan if v is None else v for v in row] for row in rows], dtype=float)
+    finite = data[np.isfinite(data)]
+    vmax = max(1.0, float(finite.max())) if finite.size else 1.0
+
+    fig = Figure(figsize=(1.2 * T + 2.5, 0.6 * (T + 1) + 1.5))
+    ax = fig.add_subplot()
+    image = ax.imshow(np.ma.masked_invalid(data), cmap="viridis", vmin=0.0, vmax=vmax, aspect="auto")
+    fig.colorbar(image, ax=ax, label="accuracy")
+    ax.set_xticks(range(T), matrix.task_names, rotation=30, ha="right")
+    ax.set_yticks(range(T + 1), ["before"] + [f"after {t}" for t in matrix.task_names])
+    ax.set_xlabel("evaluated on task")
+    ax.set_ylabel("model state")
+    for i in range(T + 1):
+        for j in range(T):
+            v = data[i, j]
+            if math.isnan(v):
+                ax.text(j, i, "-", ha="center", va="center", color="gray")
+            else:
+                # Dark text on the bright end of viridis, light text elsewhere.
+                color = "black" if v > 0.6 * vmax else "white"
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", color=color)
+    ax.set_title(title or "Accuracy matrix")
+    return _save_png(fig, Path(path))
+
+
+def plot_forgetting_curves(matrix: AccuracyMatrix, path: str | Path, title: str | None = None) -> Path:
+    """Accuracy on each task over the stream, one line per task, plus ACC over time.
+
+    x = model state: ``before`` (baseline, if measured) then ``after <task>`` for each
+    experience; the point where a task is trained is drawn larger, so the drop after it is
+    its forgetting. The dashed black line is ACC over the tasks seen so far.
+
+    Args:
+        matrix: the matrix to draw (rows not measured yet are skipped).
+        path: output ``.png`` path.
+        title: figure title; default "Accuracy per task over the stream".
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+    """
+    T = matrix.num_tasks
+    fig = Figure(figsize=(max(6.0, 1.1 * T + 3), 4.5))
+    ax = fig.add_subplot()
+    for j, name in enumerate(matrix.task_names):
+        xs: list[int] = []
+        ys: list[float] = []
+        if matrix.baseline[j] is not None:
+            xs.append(-1)
+            ys.append(matrix.baseline[j])
+        for i in range(T):
+            v = matrix.rows[i][j]
+            if v is not None:
+                xs.append(i)
+                ys.append(v)
+        (line,) = ax.plot(xs, ys, marker="o", markersize=4, label=name)
+        if matrix.rows[j][j] is not None:
+            ax.plot([j], [matrix.rows[j][j]], marker="o", markersize=9, color=line.get_color())
+    over_time = matrix.over_time()
+    if over_time:
+        ax.plot([r["experience"] for r in over_time], [r["acc"] for r in over_time],
+                linestyle="--", color="black", linewidth=2, label="ACC (tasks seen)")
+    labels = ["before"] + [f"after {t}" for t in matrix.task_names]
+    ax.set_xticks(range(-1, T), labels, rotation=30, ha="right")
+    ax.set_xlim(-1.3, T - 0.7)
+    ax.set_ylabel("accuracy")
+    values = [v for row in [matrix.baseline, *matrix.rows] for v in row if v is not None]
+    ax.set_ylim(0.0, 1.02 * max([1.0, *values]))
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize="small")
+    ax.set_title(title or "Accuracy per task over the stream")
+    return _save_png(fig, Path(path))

@@ -1,0 +1,465 @@
+"""`Tracker`: the one object the pipeline talks to for experiment tracking.
+
+Design:
+
+* MLflow is reached through an explicit ``MlflowClient`` (never the global ``mlflow.start_run``
+  state), so several trackers and other MLflow users in one process do not interfere.
+* The default store is embedded: ``sqlite:///<runs_root>/mlflow.db`` with artifacts under
+  ``<runs_root>/mlartifacts/<experiment>`` — no server needed; ``mlflow ui
+  --backend-store-uri sqlite:///<runs_root>/mlflow.db`` browses it. ``http(s)://`` URIs talk to
+  a tracking server the same way.
+* Tracking must never cost the training: every MLflow call is wrapped; a failure is recorded
+  in :attr:`Tracker.failures`, warned about once per operation, and after
+  ``max_consecutive_failures`` failures in a row the tracker stops calling MLflow. Everything
+  logged is also appended to ``<run_dir>/tracking/metrics.jsonl`` *before* MLflow is tried,
+  so the run directory always holds the full record.
+* For remote URIs the MLflow HTTP timeout/retries are shortened (``MLFLOW_HTTP_REQUEST_TIMEOUT``,
+  ``MLFLOW_HTTP_REQUEST_MAX_RETRIES``, ``MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR``, only where the
+  user has not set them, and only for the duration of each call), so an unreachable server
+  fails in seconds instead of MLflow's default minutes of retrying.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from kroncl.metrics import AccuracyMatrix, atomic_write_text
+from kroncl.tracking.names import (
+    MAX_METRICS_PER_BATCH,
+    MAX_PARAMS_PER_BATCH,
+    MAX_TAG_VALUE_LENGTH,
+    flatten_config,
+    json_safe_number,
+    redact_uri,
+    sanitize_name,
+    scalar_value,
+    truncate,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
+TRACKING_DIR = "tracking"
+JSONL_NAME = "metrics.jsonl"
+RUN_INFO_NAME = "run.json"
+
+
+def default_tracking_uri(runs_root: str | Path) -> str:
+    """``sqlite:///<abs runs_root>/mlflow.db`` — the embedded store used when no URI is given."""
+    return f"sqlite:///{Path(runs_root).resolve() / 'mlflow.db'}"
+
+
+def _is_remote(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+def _default_artifact_root(uri: str, runs_root: Path) -> str | None:
+    """Local artifact root for database stores; ``None`` lets a server / file store decide."""
+    if _is_remote(uri) or uri.startswith("databricks") or "://" not in uri or uri.startswith("file:"):
+        return None
+    if uri.startswith("sqlite:///"):
+        db_path = Path(uri[len("sqlite:///"):])
+        if db_path.name and str(db_path) != ":memory:":
+            return (db_path.resolve().parent / "mlartifacts").as_uri()
+    return (runs_root.resolve() / "mlartifacts").as_uri()
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "experiment"
+
+
+@dataclass(frozen=True)
+class TrackingFailure:
+    """One MLflow call that raised: ``operation`` (e.g. ``"log_metrics"``), the error text
+    (``"ConnectionError: ..."``) and the Unix time it happened."""
+
+    operation: str
+    error: str
+    time: float
+
+
+class Tracker:
+    """Facade over MLflow with a local JSONL mirror and failure isolation.
+
+    Args:
+        uri: MLflow tracking URI (``sqlite:///...``, ``postgresql://...``, ``http://host:port``)
+            or ``None`` for the embedded store :func:`default_tracking_uri` of ``runs_root``.
+        experiment: MLflow experiment name; created when missing (restored when deleted).
+        enabled: ``False`` makes every method a no-op (no MLflow import, no files).
+        run_dir: this run's directory; the mirror goes to ``<run_dir>/tracking/metrics.jsonl``.
+        runs_root: where the embedded store lives; default ``run_dir.parent``.
+        artifact_root: artifact location for a newly created experiment (URI or path);
+            default: ``mlartifacts`` next to a SQLite file / under ``runs_root``; the server's
+            choice for ``http(s)`` URIs.
+        max_consecutive_failures: after this many failed MLflow calls in a row, stop calling.
+        http_timeout_s: per-request timeout for remote URIs.
+        http_max_retries: retries per request for remote URIs.
+
+    Raises:
+        ValueError: ``experiment`` empty or ``max_consecutive_failures < 1``.
+    """
+
+    def __init__(
+        self,
+        uri: str | None,
+        experiment: str,
+        enabled: bool,
+        run_dir: str | Path,
+        *,
+        runs_root: str | Path | None = None,
+        artifact_root: str | Path | None = None,
+        max_consecutive_failures: int = 3,
+        http_timeout_s: int = 5,
+        http_max_retries: int = 1,
+    ) -> None:
+        if not experiment:
+            raise ValueError("tracking.experiment is empty; set tracking.experiment=<name>")
+        if max_consecutive_failures < 1:
+            raise ValueError(f"max_consecutive_failures={max_consecutive_failures} must be >= 1")
+        self.enabled = bool(enabled)
+        self.experiment = experiment
+        self.run_dir = Path(run_dir)
+        self.runs_root = Path(runs_root) if runs_root is not None else self.run_dir.parent
+        self.tracking_uri = uri or default_tracking_uri(self.runs_root)
+        if artifact_root is None:
+            self.artifact_root = _default_artifact_root(self.tracking_uri, self.runs_root)
+        else:
+            root = str(artifact_root)
+            self.artifact_root = root if "://" in root else Path(root).resolve().as_uri()
+        self.max_consecutive_failures = max_consecutive_failures
+        self._http_env_defaults = {
+            "MLFLOW_HTTP_REQUEST_TIMEOUT": str(int(http_timeout_s)),
+            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(int(http_max_retries)),
+            "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+        }
+        self.run_id: str | None = None
+        self.experiment_id: str | None = None
+        self._client: Any = None
+        self._failures: list[TrackingFailure] = []
+        self._warned: set[str] = set()
+        self._consecutive_failures = 0
+        self._gave_up = False
+        self._ended = False
+        self._matrix_rows_logged = 0
+        self._matrix_baseline_logged = False
+        self._matrix_final_logged = False
+
+    @classmethod
+    def from_config(cls, cfg: Any, run_dir: str | Path, **kwargs: Any) -> Tracker:
+        """Build from a ``TrackingConfig``-like object (``enabled``, ``uri``, ``experiment``)."""
+        return cls(cfg.uri, cfg.experiment, cfg.enabled, run_dir, **kwargs)
+
+    # -- state ----------------------------------------------------------------------------
+
+    @property
+    def jsonl_path(self) -> Path:
+        """``<run_dir>/tracking/metrics.jsonl``: every logged record, one JSON object a line."""
+        return self.run_dir / TRACKING_DIR / JSONL_NAME
+
+    @property
+    def failures(self) -> list[TrackingFailure]:
+        """Every failed MLflow call so far (a copy)."""
+        return list(self._failures)
+
+    @property
+    def gave_up(self) -> bool:
+        """True once ``max_consecutive_failures`` calls failed in a row; MLflow is not called again."""
+        return self._gave_up
+
+    @property
+    def active(self) -> bool:
+        """True while calls still go to MLflow (enabled, a run started, not given up)."""
+        return self.enabled and self.run_id is not None and not self._gave_up
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The MLflow client holds sessions/DB engines; it is rebuilt lazily after unpickling
+        # (Avalanche checkpoints pickle the evaluator and so its loggers).
+        state = dict(self.__dict__)
+        state["_client"] = None
+        return state
+
+    # -- public API -----------------------------------------------------------------------
+
+    def start(self, run_name: str, tags: Mapping[str, Any] | None = None) -> str | None:
+        """Create the MLflow run.
+
+        Args:
+            run_name: display name of the run.
+            tags: run tags (values stringified, cut to MLflow's limit).
+
+        Returns:
+            The MLflow run id, or ``None`` when disabled or MLflow failed (the failure is in
+            :attr:`failures`; later calls then only write the JSONL mirror).
+
+        Raises:
+            RuntimeError: if this tracker already started a run.
+        """
+        if not self.enabled:
+            return None
+        if self.run_id is not None:
+            raise RuntimeError(f"Tracker already started run {self.run_id}; create a new Tracker per run")
+        str_tags = {sanitize_name(k): truncate(str(v), MAX_TAG_VALUE_LENGTH) for k, v in (tags or {}).items()}
+        self._append({"event": "start", "run_name": run_name, "experiment": self.experiment,
+                      "tracking_uri": redact_uri(self.tracking_uri), "tags": str_tags})
+
+        def create() -> str:
+            client = self._get_client()
+            experiment_id = self._ensure_experiment(client)
+            run = client.create_run(experiment_id, run_name=run_name, tags=str_tags)
+            self.experiment_id = experiment_id
+            return run.info.run_id
+
+        self.run_id = self._call("start", create, need_run=False)
+        if self.run_id is not None:
+            atomic_write_text(
+                self.run_dir / TRACKING_DIR / RUN_INFO_NAME,
+                json.dumps({"run_id": self.run_id, "experiment_id": self.experiment_id,
+                            "experiment": self.experiment, "tracking_uri": redact_uri(self.tracking_uri)},
+                           indent=2) + "\n",
+            )
+        return self.run_id
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Log run parameters (nested mappings are flattened with :func:`flatten_config`)."""
+        if not self.enabled:
+            return
+        flat = flatten_config(params)
+        if not flat:
+            return
+        self._append({"event": "params", "params": flat})
+
+        def send() -> None:
+            from mlflow.entities import Param
+
+            items = [Param(k, v) for k, v in flat.items()]
+            for start in range(0, len(items), MAX_PARAMS_PER_BATCH):
+                self._get_client().log_batch(self.run_id, params=items[start:start + MAX_PARAMS_PER_BATCH],
+                                             synchronous=True)
+
+        self._call("log_params", send)
+
+    def log_metrics(self, metrics: Mapping[str, Any], step: int) -> None:
+        """Log scalar metrics at ``step``.
+
+        Values go through :func:`~kroncl.tracking.names.scalar_value`: ``None`` and non-scalars
+        are skipped (noted once in the log); names are sanitised for MLflow.
+        """
+        if not self.enabled:
+            return
+        clean: dict[str, float] = {}
+        for name, value in metrics.items():
+            number = scalar_value(value)
+            if number is None:
+                if value is not None:
+                    self._warn_once(f"skip:{name}",
+                                    f"metric {name!r} is not a scalar ({type(value).__name__}); not logged")
+                continue
+            clean[sanitize_name(name)] = number
+        if not clean:
+            return
+        step = int(step)
+        self._append({"event": "metrics", "step": step,
+                      "metrics": {k: json_safe_number(v) for k, v in clean.items()}})
+
+        def send() -> None:
+            from mlflow.entities import Metric
+
+            now = int(time.time() * 1000)
+            items = [Metric(k, v, now, step) for k, v in clean.items()]
+            for start in range(0, len(items), MAX_METRICS_PER_BATCH):
+                self._get_client().log_batch(self.run_id, metrics=items[start:start + MAX_METRICS_PER_BATCH],
+                                             synchronous=True)
+
+        self._call("log_metrics", send)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        """Set run tags (values stringified, cut to MLflow's 8000-character limit)."""
+        if not self.enabled or not tags:
+            return
+        str_tags = {sanitize_name(k): truncate(str(v), MAX_TAG_VALUE_LENGTH) for k, v in tags.items()}
+        self._append({"event": "tags", "tags": str_tags})
+
+        def send() -> None:
+            from mlflow.entities import RunTag
+
+            items = [RunTag(k, v) for k, v in str_tags.items()]
+            for start in range(0, len(items), MAX_PARAMS_PER_BATCH):
+                self._get_client().log_batch(self.run_id, tags=items[start:start + MAX_PARAMS_PER_BATCH],
+                                             synchronous=True)
+
+        self._call("set_tags", send)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        """Upload a file, or a directory's contents, under ``artifact_path`` of the run."""
+        if not self.enabled:
+            return
+        path = Path(path)
+        self._append({"event": "artifact", "path": str(path), "artifact_path": artifact_path})
+
+        def send() -> None:
+            if path.is_dir():
+                self._get_client().log_artifacts(self.run_id, str(path), artifact_path)
+            elif path.is_file():
+                self._get_client().log_artifact(self.run_id, str(path), artifact_path)
+            else:
+                raise FileNotFoundError(f"artifact {path} does not exist")
+
+        self._call("log_artifact", send)
+
+    def log_accuracy_matrix(self, matrix: AccuracyMatrix, directory: str | Path | None = None) -> dict[str, Path]:
+        """Save, plot and log the accuracy matrix; safe to call after every experience.
+
+        Writes ``accuracy_matrix.json/.csv``, ``metrics.json``, ``accuracy_heatmap.png`` and
+        ``forgetting_curves.png`` to ``directory`` (default ``<run_dir>/tracking/accuracy``)
+        and uploads them under the artifact path ``accuracy``. Metrics, with step = experience
+        index, for each experience not logged by an earlier call:
+
+        * ``acc/<task>`` — accuracy on every task after that experience (forgetting curves);
+        * ``stream/acc``, ``stream/bwt``, ``stream/forgetting``, ``stream/fwt`` and
+          ``stream/avalanche_{forgetting,bwt,fwt}`` — :func:`kroncl.metrics.metrics_over_time`
+          (undefined values are not logged);
+        * once: ``baseline/<task>`` at step 0 and, when the matrix is complete,
+          ``final/{acc,bwt,fwt,forgetting}`` at step T-1.
+
+        Returns:
+            The written files by kind (empty when disabled).
+        """
+        if not self.enabled:
+            return {}
+        from kroncl.tracking.plots import plot_accuracy_heatmap, plot_forgetting_curves
+
+        out_dir = Path(directory) if directory is not None else self.run_dir / TRACKING_DIR / "accuracy"
+        files = dict(matrix.save(out_dir))
+        plots = {
+            "heatmap_png": (plot_accuracy_heatmap, "accuracy_heatmap.png"),
+            "curves_png": (plot_forgetting_curves, "forgetting_curves.png"),
+        }
+        for kind, (plot, filename) in plots.items():
+            try:
+                files[kind] = plot(matrix, out_dir / filename)
+            except Exception as exc:  # a broken plot must not stop training
+                self._record_failure("plot", exc, count=False)
+
+        names = [sanitize_name(t) for t in matrix.task_names]
+        if not self._matrix_baseline_logged and matrix.has_baseline:
+            self.log_metrics({f"baseline/{n}": v for n, v in zip(names, matrix.baseline)}, step=0)
+            self._matrix_baseline_logged = True
+        over_time = matrix.over_time()
+        for i in range(self._matrix_rows_logged, len(over_time)):
+            values: dict[str, Any] = {f"acc/{n}": v for n, v in zip(names, matrix.rows[i])}
+            values.update({f"stream/{k}": v for k, v in over_time[i].items() if k != "experience"})
+            self.log_metrics(values, step=i)
+        self._matrix_rows_logged = max(self._matrix_rows_logged, len(over_time))
+        if matrix.is_complete and not self._matrix_final_logged:
+            summary = matrix.summary()
+            self.log_metrics({f"final/{k}": summary[k] for k in ("acc", "bwt", "fwt", "forgetting")},
+                             step=matrix.num_tasks - 1)
+            self._matrix_final_logged = True
+        self.log_artifact(out_dir, artifact_path="accuracy")
+        return files
+
+    def end(self, status: str = "FINISHED") -> None:
+        """Mark the run terminated with ``status`` (FINISHED, FAILED or KILLED); idempotent.
+
+        Raises:
+            ValueError: unknown ``status``.
+        """
+        if status not in RUN_STATUSES:
+            raise ValueError(f"run status {status!r} is not one of {', '.join(RUN_STATUSES)}")
+        if not self.enabled or self._ended:
+            return
+        self._ended = True
+        self._append({"event": "end", "status": status, "failures": len(self._failures),
+                      "gave_up": self._gave_up})
+        self._call("end", lambda: self._get_client().set_terminated(self.run_id, status))
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _get_client(self) -> Any:
+        if self._client is None:
+            from mlflow.tracking import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.tracking_uri)
+        return self._client
+
+    def _ensure_experiment(self, client: Any) -> str:
+        from mlflow.exceptions import MlflowException
+
+        experiment = client.get_experiment_by_name(self.experiment)
+        if experiment is None:
+            location = None if self.artifact_root is None else f"{self.artifact_root}/{_slug(self.experiment)}"
+            try:
+                return client.create_experiment(self.experiment, artifact_location=location)
+            except MlflowException:
+                # Another process may have created it between our lookup and create.
+                experiment = client.get_experiment_by_name(self.experiment)
+                if experiment is None:
+                    raise
+        if experiment.lifecycle_stage == "deleted":
+            client.restore_experiment(experiment.experiment_id)
+        return experiment.experiment_id
+
+    def _call(self, operation: str, fn: Callable[[], T], need_run: bool = True) -> T | None:
+        if self._gave_up or (need_run and self.run_id is None):
+            return None
+        try:
+            with self._http_env():
+                result = fn()
+        except Exception as exc:  # tracking must never take the training down
+            self._record_failure(operation, exc)
+            return None
+        self._consecutive_failures = 0
+        return result
+
+    def _record_failure(self, operation: str, exc: BaseException, count: bool = True) -> None:
+        self._failures.append(TrackingFailure(operation, f"{type(exc).__name__}: {exc}"[:2000], time.time()))
+        self._warn_once(f"fail:{operation}",
+                        f"MLflow {operation} failed ({type(exc).__name__}: {str(exc)[:300]}); "
+                        f"values stay in {self.jsonl_path}")
+        if not count:
+            return
+        self._consecutive_failures += 1
+        if self._consecutive_failures >= self.max_consecutive_failures and not self._gave_up:
+            self._gave_up = True
+            log.warning("MLflow at %s failed %d times in a row; no more MLflow calls in this run, "
+                        "tracking continues in %s", redact_uri(self.tracking_uri), self._consecutive_failures,
+                        self.jsonl_path)
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning(message)
+
+    @contextmanager
+    def _http_env(self) -> Iterator[None]:
+        if not _is_remote(self.tracking_uri):
+            yield
+            return
+        added = [k for k in self._http_env_defaults if k not in os.environ]
+        for key in added:
+            os.environ[key] = self._http_env_defaults[key]
+        try:
+            yield
+        finally:
+            for key in added:
+                os.environ.pop(key, None)
+
+    def _append(self, record: dict[str, Any]) -> None:
+        record = {"time": time.time(), **record}
+        try:
+            self.jsonl_path.parent.mkdir(parents=True, exist_ok=True)
+            with self.jsonl_path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(record, allow_nan=False) + "\n")
+        except OSError as exc:  # e.g. disk full: keep training, remember it
+            self._record_failure("jsonl", exc, count=False)

@@ -1,0 +1,336 @@
+"""Command line: ``python -m registry [--url URL] [--artifacts DIR] [--json] COMMAND ...``.
+
+Commands: ``list``, ``show``, ``lineage``, ``alias set|delete|list``, ``verify``, ``delete``,
+``tasks``, ``models``, ``adapters``. Output is a plain table by default, JSON with ``--json``.
+Every registry error prints one line (``error: ...``) on stderr and exits with status 2, the
+same status argparse uses for a bad command line; a failed ``verify`` exits 2 as well.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from registry.db import DEFAULT_URL, ENV_ARTIFACT_ROOT, ENV_URL, default_url
+from registry.entities import AdapterVersion, LineageEntry
+from registry.errors import InvalidValue, RegistryError
+from registry.names import parse_ref
+from registry.store import RegistryStore
+from registry.tables import format_metrics, format_table, human_size, to_jsonable
+
+EXIT_ERROR = 2
+
+
+def _key_value(text: str, what: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"{what} {text!r} must look like NAME=VALUE")
+    return key, value
+
+
+def _tag_arg(text: str) -> tuple[str, str]:
+    return _key_value(text, "--tag")
+
+
+def _metric_arg(text: str) -> tuple[str, float]:
+    key, value = _key_value(text, "--min-metric")
+    try:
+        return key, float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--min-metric {text!r}: {value!r} is not a number"
+        ) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and ``--help`` docs)."""
+    # Global options are accepted before or after the command: ``--json list`` == ``list --json``.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--url",
+        default=argparse.SUPPRESS,
+        help=f"registry database URL (default: ${ENV_URL} or {DEFAULT_URL})",
+    )
+    common.add_argument(
+        "--artifacts",
+        default=argparse.SUPPRESS,
+        metavar="DIR",
+        help=f"artifact root (default: ${ENV_ARTIFACT_ROOT} or artifacts/ beside the SQLite file)",
+    )
+    common.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="JSON output"
+    )
+
+    p = argparse.ArgumentParser(
+        prog="python -m registry",
+        description="Query and manage the kroncl adapter registry.",
+        parents=[common],
+        epilog="REF is ADAPTER (latest), ADAPTER:VERSION or ADAPTER@ALIAS.",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    ls = sub.add_parser("list", parents=[common], help="list/search adapter versions")
+    ls.add_argument("--adapter")
+    ls.add_argument("--task")
+    ls.add_argument("--base-model")
+    ls.add_argument("--method")
+    ls.add_argument("--bits", type=int)
+    ls.add_argument("--tag", type=_tag_arg, action="append", default=[], metavar="KEY=VALUE")
+    ls.add_argument(
+        "--min-metric",
+        type=_metric_arg,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="keep versions whose metric NAME is >= VALUE (repeatable)",
+    )
+    ls.add_argument("--limit", type=int)
+
+    show = sub.add_parser("show", parents=[common], help="show one version")
+    show.add_argument("ref", metavar="REF")
+
+    lin = sub.add_parser(
+        "lineage", parents=[common], help="ancestors (or descendants) of a version"
+    )
+    lin.add_argument("ref", metavar="REF")
+    lin.add_argument("--descendants", action="store_true", help="walk towards derived versions")
+    lin.add_argument("--max-depth", type=int)
+
+    alias = sub.add_parser("alias", parents=[common], help="manage aliases")
+    asub = alias.add_subparsers(dest="alias_command", required=True, metavar="ACTION")
+    aset = asub.add_parser("set", parents=[common], help="point ADAPTER@NAME at VERSION")
+    aset.add_argument("adapter")
+    aset.add_argument("name")
+    aset.add_argument("version", type=int)
+    adel = asub.add_parser("delete", parents=[common], help="remove ADAPTER@NAME")
+    adel.add_argument("adapter")
+    adel.add_argument("name")
+    alist = asub.add_parser("list", parents=[common], help="aliases of ADAPTER")
+    alist.add_argument("adapter")
+
+    ver = sub.add_parser("verify", parents=[common], help="re-hash artifacts (all, or REF)")
+    ver.add_argument("ref", nargs="?", metavar="REF")
+
+    dele = sub.add_parser("delete", parents=[common], help="delete a version nothing depends on")
+    dele.add_argument("ref", metavar="REF")
+    dele.add_argument("--keep-artifact", action="store_true", help="leave the artifact files")
+
+    sub.add_parser("tasks", parents=[common], help="list tasks")
+    sub.add_parser("models", parents=[common], help="list base models")
+    ad = sub.add_parser("adapters", parents=[common], help="list adapters")
+    ad.add_argument("--task")
+    ad.add_argument("--base-model")
+    return p
+
+
+def _version_rows(versions: Sequence[AdapterVersion]) -> str:
+    return format_table(
+        [
+            "VERSION",
+            "TASK",
+            "BASE MODEL",
+            "METHOD",
+            "BITS",
+            "R",
+            "PARAMS",
+            "SIZE",
+            "METRICS",
+            "ALIASES",
+            "CREATED",
+        ],
+        [
+            [
+                v.ref,
+                v.task,
+                v.base_model,
+                v.method,
+                v.bits,
+                v.r,
+                v.param_count,
+                human_size(v.size_bytes),
+                format_metrics(v.metrics) or None,
+                ",".join(v.aliases) or None,
+                v.created_at.strftime("%Y-%m-%d %H:%M") if v.created_at else None,
+            ]
+            for v in versions
+        ],
+    )
+
+
+def _show(v: AdapterVersion, store: RegistryStore) -> str:
+    lines = [
+        f"version        {v.ref}",
+        f"aliases        {', '.join(v.aliases) or '-'}",
+        f"task           {v.task}",
+        f"base model     {v.base_model}",
+        f"method         {v.method}  (a_out={v.a_out}, a_in={v.a_in}, r={v.r}, alpha={v.alpha})",
+        f"bits           {v.bits}",
+        f"parameters     {v.param_count if v.param_count is not None else '-'}",
+        f"artifact       {store.artifacts.path(v.artifact_location)}",
+        f"sha256         {v.sha256}",
+        f"size           {human_size(v.size_bytes)} ({v.size_bytes} bytes)",
+        f"mlflow run     {v.mlflow_run_id or '-'}",
+        f"created        {v.created_at.isoformat() if v.created_at else '-'}",
+    ]
+    lines += [f"metric         {k} = {val:.6g}" for k, val in sorted(v.metrics.items())]
+    lines += [f"tag            {k} = {val}" for k, val in sorted(v.tags.items())]
+    if v.config:
+        lines.append("config         " + json.dumps(v.config, sort_keys=True))
+    return "\n".join(lines)
+
+
+def _lineage(entries: Sequence[LineageEntry], start: str, descendants: bool) -> str:
+    title = f"{'descendants' if descendants else 'ancestors'} of {start}:"
+    if not entries:
+        return f"{title} none"
+    return (
+        title
+        + "\n"
+        + format_table(
+            ["DEPTH", "VERSION", "RELATION", "VIA"],
+            [[e.depth, e.version, e.relation, e.via] for e in entries],
+        )
+    )
+
+
+def run(args: argparse.Namespace) -> tuple[Any, str, int]:
+    """Execute a parsed command.
+
+    Returns:
+        ``(json payload, text output, exit status)``.
+
+    Raises:
+        RegistryError: on any registry failure (the caller turns it into one line + status 2).
+    """
+    store = RegistryStore(
+        getattr(args, "url", None) or default_url(), getattr(args, "artifacts", None)
+    )
+    try:
+        cmd = args.command
+        if cmd == "list":
+            tags = dict(args.tag)
+            versions = store.search_versions(
+                adapter=args.adapter,
+                task=args.task,
+                base_model=args.base_model,
+                method=args.method,
+                bits=args.bits,
+                tags=tags or None,
+                min_metrics=dict(args.min_metric) or None,
+                limit=args.limit,
+            )
+            text = _version_rows(versions) if versions else "no versions match"
+            return versions, text, 0
+        if cmd == "show":
+            v = store.get_version(args.ref)
+            return v, _show(v, store), 0
+        if cmd == "lineage":
+            start = store.get_version(args.ref).ref
+            walk = store.descendants if args.descendants else store.ancestors
+            entries = walk(start, max_depth=args.max_depth)
+            payload = {
+                "version": start,
+                "direction": "descendants" if args.descendants else "ancestors",
+                "entries": entries,
+            }
+            return payload, _lineage(entries, start, args.descendants), 0
+        if cmd == "alias":
+            if args.alias_command == "set":
+                v = store.set_alias(args.adapter, args.name, args.version)
+                return v, f"{args.adapter}@{args.name} -> {v.ref}", 0
+            if args.alias_command == "delete":
+                store.delete_alias(args.adapter, args.name)
+                return (
+                    {"deleted": f"{args.adapter}@{args.name}"},
+                    f"deleted {args.adapter}@{args.name}",
+                    0,
+                )
+            aliases = store.list_aliases(args.adapter)
+            text = format_table(
+                ["ALIAS", "VERSION"], [[a, f"{args.adapter}:{n}"] for a, n in aliases.items()]
+            )
+            return aliases, text, 0
+        if cmd == "verify":
+            if args.ref is not None:
+                parse_ref(args.ref)  # reject a malformed ref before hashing anything
+            results = store.verify(args.ref, progress=sys.stderr.isatty())
+            bad = [r for r in results if not r.ok]
+            text = (
+                format_table(
+                    ["VERSION", "STATUS", "SHA256"],
+                    [
+                        [
+                            r.version,
+                            "ok" if r.ok else ("missing" if r.actual is None else "MISMATCH"),
+                            r.expected[:16],
+                        ]
+                        for r in results
+                    ],
+                )
+                if results
+                else "no versions to verify"
+            )
+            if bad:
+                text += "\n" + "\n".join(f"error: {r.message}" for r in bad)
+            return results, text, EXIT_ERROR if bad else 0
+        if cmd == "delete":
+            v = store.delete_version(args.ref, delete_artifact=not args.keep_artifact)
+            return {"deleted": v}, f"deleted {v.ref}", 0
+        if cmd == "tasks":
+            tasks = store.list_tasks()
+            return (
+                tasks,
+                format_table(["TASK", "DESCRIPTION"], [[t.name, t.description] for t in tasks]),
+                0,
+            )
+        if cmd == "models":
+            models = store.list_base_models()
+            return (
+                models,
+                format_table(
+                    ["BASE MODEL", "REVISION", "DESCRIPTION"],
+                    [[m.name, m.revision, m.description] for m in models],
+                ),
+                0,
+            )
+        if cmd == "adapters":
+            adapters = store.list_adapters(task=args.task, base_model=args.base_model)
+            return (
+                adapters,
+                format_table(
+                    ["ADAPTER", "TASK", "BASE MODEL", "LATEST"],
+                    [[a.name, a.task, a.base_model, a.latest_version or None] for a in adapters],
+                ),
+                0,
+            )
+        raise InvalidValue(f"unknown command {cmd!r}")  # argparse already rejects these
+    finally:
+        store.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    as_json = getattr(args, "json", False)
+    try:
+        payload, text, status = run(args)
+    except RegistryError as e:
+        if as_json:
+            print(json.dumps({"error": e.code, "message": e.message}))
+        print(f"error: {e.message}", file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as e:  # unreadable artifact root, permissions, full disk
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    if as_json:
+        print(json.dumps(to_jsonable(payload), indent=2, sort_keys=True))
+    elif status == 0:
+        print(text)
+    else:
+        out, _, errs = text.partition("\nerror: ")
+        print(out)
+        print("error: " + errs, file=sys.stderr)
+    return status
