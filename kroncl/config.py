@@ -163,3 +163,108 @@ def diff_configs(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> 
 
 def resolve_path(value: str | Path | None, default: Path) -> Path:
     return Path(value).expanduser() if value else default
+
+
+@dataclass
+class RunSettings:
+    """Every section of a run, typed and validated. ``resolved`` is the plain composed config."""
+
+    seed: int
+    stream: Any  # kroncl.data.StreamConfig
+    model: Any  # kroncl.models.ModelConfig
+    adapter: dict[str, Any]
+    """Adapter node; targets/head_targets of null are filled from the model once it is built."""
+    strategy: StrategyConfig
+    train: TrainConfig
+    quant: QuantConfig
+    tracking: TrackingConfig
+    registry: RegistryConfig
+    data_dir: Path | None
+    strict: bool
+    cache_dir: Path
+    runs_root: Path
+    resume: bool | str
+    run_dir: Path | None
+    resolved: dict[str, Any]
+
+    @property
+    def result_config(self) -> dict[str, Any]:
+        """The parts of the config that change results (what a resumed run must match)."""
+        skip = {"resume", "run_dir", "paths", "tracking", "registry"}
+        out = {k: v for k, v in self.resolved.items() if k not in skip}
+        out["train"] = {k: v for k, v in out.get("train", {}).items() if k != "progress"}
+        out["data"] = {k: v for k, v in out.get("data", {}).items() if k != "cache_dir"}
+        return out
+
+
+def load_settings(resolved: dict[str, Any]) -> RunSettings:
+    """Validate a composed, resolved config (``OmegaConf.to_container(cfg, resolve=True)``).
+
+    Raises:
+        ConfigError: listing every problem, each with the key to change.
+    """
+    from kroncl.adapters import AdapterConfig
+    from kroncl.data import StreamConfig
+    from kroncl.errors import KronclError
+    from kroncl.models import ModelConfig
+
+    errors: list[str] = []
+    train = build_section(TrainConfig, resolved.get("train"), "train", errors)
+    strategy = build_section(StrategyConfig, resolved.get("strategy"), "strategy", errors)
+    quant = build_section(QuantConfig, resolved.get("quant"), "quant", errors)
+    tracking = build_section(TrackingConfig, resolved.get("tracking"), "tracking", errors)
+    registry = build_section(RegistryConfig, resolved.get("registry"), "registry", errors)
+    validate_train(train, errors)
+    validate_strategy(strategy, errors)
+    validate_quant(quant, errors)
+
+    stream = model = None
+    try:
+        stream = StreamConfig.from_mapping(resolved.get("stream") or {})
+    except KronclError as exc:
+        errors.append(str(exc))
+    try:
+        model = ModelConfig.from_mapping(resolved.get("model") or {})
+    except KronclError as exc:
+        errors.append(str(exc))
+    adapter = dict(resolved.get("adapter") or {})
+    try:  # targets are checked against the real model later; here every other field
+        probe = {**adapter, "targets": adapter.get("targets") or ["probe"]}
+        probe["head_targets"] = adapter.get("head_targets") or []
+        AdapterConfig.from_dict(probe)
+    except KronclError as exc:
+        errors.append(str(exc))
+
+    data = dict(resolved.get("data") or {})
+    paths = dict(resolved.get("paths") or {})
+    seed = resolved.get("seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        errors.append(f"seed={seed!r} must be an integer")
+    resume = resolved.get("resume", False)
+    if not isinstance(resume, (bool, str)):
+        errors.append(f"resume={resume!r} must be true/false or a run directory")
+    data_dir = Path(data["dir"]).expanduser() if data.get("dir") else None
+    if data_dir is not None and not data_dir.is_dir():
+        errors.append(f"data.dir={str(data_dir)!r} is not a directory; point it at a folder "
+                      "with <task>/{train,validation,test}.jsonl, or drop it to use the hub")
+    if errors:
+        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(errors))
+    runs_root = Path(paths.get("runs") or "runs")
+    return RunSettings(
+        seed=seed,
+        stream=stream,
+        model=model,
+        adapter=adapter,
+        strategy=strategy,
+        train=train,
+        quant=quant,
+        tracking=tracking,
+        registry=registry,
+        data_dir=data_dir,
+        strict=bool(data.get("strict", False)),
+        cache_dir=Path(data.get("cache_dir") or runs_root / ".cache" / "tokenized"),
+        runs_root=runs_root,
+        resume=resume,
+        run_dir=Path(resolved["run_dir"]) if resolved.get("run_dir") else None,
+        resolved=resolved,
+    )

@@ -1,0 +1,1 @@
+"""Continual training on Avalanche: adapter-set modes, the strategy, plugins, checkpoints, the loop."""

@@ -1,0 +1,126 @@
+"""Which adapter set trains on which experience, and which one answers for which task.
+
+The one place that knows the continual-learning *modes*:
+
+- ``sequential``: one adapter set (``stream``) trains through the whole stream.
+- ``per_task`` / ``orthogonal``: experience ``i`` trains a new set ``task<i>``, warm-started
+  from the previous set (lineage ``continued_from``); earlier sets are frozen and stay resident.
+  At evaluation, a batch's task label selects the set trained on that task; a task not trained
+  yet is answered by the newest set (that is what forward transfer measures).
+
+Everything trained in an experience (adapters and the head's dense delta) lives in that set, so
+nothing shared drifts and per-task accuracy on known tasks cannot change after training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from kroncl.adapters import (
+    adapter_names,
+    add_adapter,
+    set_active_adapter,
+    set_requires_grad,
+)
+
+PER_TASK_MODES = ("per_task", "orthogonal")
+
+
+@dataclass
+class AdapterSets:
+    """Mode-specific bookkeeping of adapter sets. Serialisable through :meth:`state_dict`."""
+
+    mode: str
+    current: str | None = None
+    """Adapter set trained by the running (or last) experience."""
+    by_task: dict[int, str] = field(default_factory=dict)
+    """Task label -> adapter set trained on it."""
+    history: list[str] = field(default_factory=list)
+    """Adapter set snapshot names in experience order (sequential repeats its one name)."""
+
+    @property
+    def per_task(self) -> bool:
+        return self.mode in PER_TASK_MODES
+
+    def name_for(self, experience: int) -> str:
+        return f"task{experience}" if self.per_task else "stream"
+
+    def begin_experience(self, model: nn.Module, experience: int) -> str:
+        """Create (per task) and activate the set that trains on ``experience``; freeze the rest."""
+        name = self.name_for(experience)
+        if name not in adapter_names(model):
+            if self.current is None:
+                raise RuntimeError(f"no adapter set to warm-start {name!r} from; inject first")
+            add_adapter(model, name, init_from=self.current)
+        for other in adapter_names(model):
+            set_requires_grad(model, other, other == name)
+        set_active_adapter(model, name)
+        self.current = name
+        return name
+
+    def end_experience(self, task_label: int) -> None:
+        assert self.current is not None
+        self.by_task[task_label] = self.current
+        self.history.append(self.current)
+
+    def route(self, task_label: int) -> str:
+        """Adapter set that answers for ``task_label``."""
+        assert self.current is not None, "inject adapters before routing"
+        if self.per_task:
+            return self.by_task.get(task_label, self.current)
+        return self.current
+
+    def frozen_sets(self) -> list[str]:
+        """Sets trained on earlier experiences (the orthogonality penalty compares against them)."""
+        return [n for n in dict.fromkeys(self.by_task.values()) if n != self.current]
+
+    def state_dict(self) -> dict:
+        return {
+            "mode": self.mode,
+            "current": self.current,
+            "by_task": {str(k): v for k, v in self.by_task.items()},
+            "history": list(self.history),
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: Mapping) -> AdapterSets:
+        return cls(
+            mode=state["mode"],
+            current=state["current"],
+            by_task={int(k): v for k, v in state["by_task"].items()},
+            history=list(state["history"]),
+        )
+
+
+def routed_forward(
+    model: Callable[[dict], torch.Tensor],
+    adapted: nn.Module,
+    batch: dict[str, torch.Tensor],
+    task_ids: torch.Tensor,
+    route: Callable[[int], str],
+) -> torch.Tensor:
+    """Score ``batch`` with the adapter set each example's task label routes to.
+
+    One forward per distinct task in the batch (usually one); the resident sets are switched,
+    never reloaded. Rows keep their order.
+    """
+    labels = task_ids.unique().tolist()
+    if len(labels) == 1:
+        set_active_adapter(adapted, route(int(labels[0])))
+        return model(batch)
+    out: torch.Tensor | None = None
+    for label in labels:
+        rows = task_ids == label
+        sub = {k: (v[rows] if torch.is_tensor(v) and v.shape[:1] == rows.shape else v)
+               for k, v in batch.items()}
+        set_active_adapter(adapted, route(int(label)))
+        scores = model(sub)
+        if out is None:
+            out = scores.new_empty((task_ids.shape[0], *scores.shape[1:]))
+        out[rows] = scores
+    assert out is not None
+    return out

@@ -1,0 +1,158 @@
+"""Avalanche plugins of kroncl, and the factory that builds the configured set.
+
+- :class:`AccuracyCollector` — our own per-experience test accuracy, the source of the
+  accuracy matrix (avalanche-lib's ``AccuracyMatrixPluginMetric`` crashes on the evaluation
+  before any training that forward transfer needs).
+- :class:`DictEWCPlugin` — avalanche-lib's EWC with importances computed on dict batches and
+  only over trainable parameters (its own ``compute_importances`` unpacks tuple batches and
+  stores a copy of every frozen base weight).
+- :class:`OrthogonalPlugin` — Kron-aware O-LoRA (arXiv 2310.14152): adds
+  ``lambda · Σ_layers Σ_old |F_old · F_newᵀ|`` where F is the adapter's *input* factor
+  (B2 for Kron-LoRA, A for LoRA), keeping the input subspaces of task updates apart.
+"""
+
+from __future__ import annotations
+
+import torch
+from avalanche.training.plugins import EWCPlugin, LwFPlugin, ReplayPlugin, SupervisedPlugin
+from avalanche.training.utils import ParamData
+from torch.utils.data import DataLoader
+
+from kroncl.adapters import adapter_layers
+from kroncl.config import StrategyConfig
+
+
+class AccuracyCollector(SupervisedPlugin):
+    """Counts correct answers per evaluated experience; ``results[exp] = accuracy``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.results: dict[int, float] = {}
+        self._correct = 0
+        self._total = 0
+
+    def before_eval_exp(self, strategy, **kwargs) -> None:
+        self._correct = self._total = 0
+
+    def after_eval_iteration(self, strategy, **kwargs) -> None:
+        pred = strategy.mb_output.argmax(dim=-1)
+        self._correct += int((pred == strategy.mb_y).sum())
+        self._total += int(strategy.mb_y.numel())
+
+    def after_eval_exp(self, strategy, **kwargs) -> None:
+        exp = int(strategy.experience.current_experience)
+        self.results[exp] = self._correct / self._total if self._total else float("nan")
+
+
+class DictEWCPlugin(EWCPlugin):
+    """EWC over the trainable parameters of the current experience, for dict batches."""
+
+    def after_training_exp(self, strategy, **kwargs) -> None:
+        exp_counter = strategy.clock.train_exp_counter
+        importances = self.compute_importances(
+            strategy.model,
+            strategy._criterion,
+            strategy.optimizer,
+            strategy.experience.dataset,
+            strategy.device,
+            strategy.train_mb_size,
+        )
+        self.update_importances(importances, exp_counter)
+        # Only trainable parameters are saved, so the penalty skips the (unchanging) base.
+        self.saved_params[exp_counter] = {
+            k: ParamData(k, p.shape, device=p.device, init_tensor=p.detach().clone())
+            for k, p in strategy.model.named_parameters()
+            if k in importances
+        }
+        if exp_counter > 0 and not self.keep_importance_data:
+            self.saved_params.pop(exp_counter - 1, None)
+
+    def compute_importances(
+        self, model, criterion, optimizer, dataset, device, batch_size, num_workers=0
+    ) -> dict[str, ParamData]:
+        params = {k: p for k, p in model.named_parameters() if p.requires_grad}
+        importances = {k: ParamData(k, p.shape, device=p.device) for k, p in params.items()}
+        loader = DataLoader(dataset, batch_size=batch_size, collate_fn=dataset.collate_fn)
+        model.eval()
+        for batch in loader:
+            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            model.zero_grad(set_to_none=True)
+            criterion(model(batch), batch["labels"]).backward()
+            for k, p in params.items():
+                if p.grad is not None:
+                    importances[k].data += p.grad.detach().pow(2)
+        for imp in importances.values():
+            imp.data /= max(1, len(loader))
+        model.zero_grad(set_to_none=True)
+        model.train()
+        return importances
+
+
+def input_factor(params: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    """The factor that reads the layer input: B2 (r×b_in) for Kron-LoRA, A (r×d_in) for LoRA."""
+    if "B2" in params:
+        return params["B2"]
+    if "B" in params and "A" in params:
+        return params["A"]
+    return None  # dense head deltas have no low-rank input subspace
+
+
+def orthogonality_penalty(new: list[torch.Tensor], old: list[list[torch.Tensor]]) -> torch.Tensor:
+    """Σ_l Σ_k |F_old[l][k] · F_new[l]ᵀ|₁ — zero iff every new row is orthogonal to every old row.
+
+    Args:
+        new: per layer, the new set's input factor, shape (r, b_in).
+        old: per layer, the frozen sets' input factors, each (r', b_in).
+    """
+    total = new[0].new_zeros(()) if new else torch.zeros(())
+    for f_new, olds in zip(new, old, strict=True):
+        for f_old in olds:
+            total = total + (f_old @ f_new.T).abs().sum()  # (r', r)
+    return total
+
+
+def factor_pairs(model, current: str, frozen: list[str]):
+    """Per adapted layer: (current input factor, [frozen sets' input factors])."""
+    new, old = [], []
+    for layer in adapter_layers(model).values():
+        f_new = input_factor(layer.adapter_parameters(current))
+        if f_new is None:
+            continue
+        olds = [input_factor(layer.adapter_parameters(n)) for n in frozen]
+        new.append(f_new)
+        old.append([f.detach() for f in olds if f is not None])
+    return new, old
+
+
+class OrthogonalPlugin(SupervisedPlugin):
+    """Adds ``lam · orthogonality_penalty`` against every frozen set before the backward pass."""
+
+    def __init__(self, adapter_sets, lam: float) -> None:
+        super().__init__()
+        self.adapter_sets = adapter_sets
+        self.lam = lam
+        self.last_penalty: float = 0.0
+
+    def before_backward(self, strategy, **kwargs) -> None:
+        frozen = self.adapter_sets.frozen_sets()
+        if not frozen:
+            return
+        new, old = factor_pairs(strategy.model, self.adapter_sets.current, frozen)
+        penalty = orthogonality_penalty(new, old)
+        self.last_penalty = float(penalty.detach())
+        strategy.loss += self.lam * penalty
+
+
+def build_plugins(cfg: StrategyConfig, adapter_sets) -> list[SupervisedPlugin]:
+    """The configured continual-learning plugins, in a fixed order."""
+    plugins: list[SupervisedPlugin] = []
+    if "replay" in cfg.plugins:
+        plugins.append(ReplayPlugin(mem_size=cfg.replay_mem_size))
+    if "lwf" in cfg.plugins:
+        plugins.append(LwFPlugin(alpha=cfg.lwf_alpha, temperature=cfg.lwf_temperature))
+    if "ewc" in cfg.plugins:
+        plugins.append(DictEWCPlugin(ewc_lambda=cfg.ewc_lambda))
+    if cfg.mode == "orthogonal":
+        plugins.append(OrthogonalPlugin(adapter_sets, cfg.orthogonal_lambda))
+    return plugins
+

@@ -1,0 +1,129 @@
+"""Registers a run's adapters in the registry with their lineage.
+
+Per experience: the fp32 adapter as a version ``continued_from`` the previous experience's
+version, and (with ``quant=int8|int4``) the quantized artifact as a version ``quantized_from``
+it. Names: adapter ``<model>-<task>-<method>`` (one lineage line per task, method and base).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kroncl.adapters import AdapterConfig
+
+_NAME_OK = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def registry_name(text: str) -> str:
+    """A registry-safe name (letters, digits, '.', '_', '-')."""
+    return _NAME_OK.sub("-", text).strip("-.")[:128] or "unnamed"
+
+
+def base_model_identity(model) -> tuple[str, str]:
+    """(name, content hash) of the frozen base weights, heads included.
+
+    The hash is over parameter bytes, so the same checkpoint (and the same seeded head) always
+    maps to the same registry base model, wherever its files live.
+    """
+    digest = hashlib.sha256()
+    for key, tensor in sorted(model.backbone.state_dict().items()):
+        if any(part in key for part in (".adapters.",)):
+            continue
+        digest.update(key.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    source = str(model.config.name_or_path or model.config.name)
+    name = source if "/" in source and not Path(source).exists() else Path(source).name
+    return registry_name(name) if "/" not in name else name, digest.hexdigest()[:16]
+
+
+@dataclass
+class Registrar:
+    """Thin adapter between the pipeline and ``registry.RegistryStore`` (None = disabled)."""
+
+    store: Any
+    url: str | None
+    base_model: str
+    base_revision: str
+    adapter_cfg: AdapterConfig
+    model_tag: str
+    mlflow_run_id: str | None
+    run_config: dict[str, Any]
+    last_ref: dict[str, str] = field(default_factory=dict)
+    """Task -> newest fp32 version ref of this run (the next experience continues from it)."""
+    previous: str | None = None
+
+    @classmethod
+    def from_config(cls, settings, model, adapter_cfg: AdapterConfig, mlflow_run_id: str | None) -> Registrar:
+        base_name, revision = base_model_identity(model)
+        store = url = None
+        if settings.registry.enabled:
+            from registry import RegistryStore
+
+            root = settings.runs_root
+            url = settings.registry.url or f"sqlite:///{(root / 'registry.db').resolve()}"
+            artifacts = settings.registry.artifacts or str((root / "registry_artifacts").resolve())
+            root.mkdir(parents=True, exist_ok=True)
+            store = RegistryStore(url, artifacts)
+            store.register_base_model(base_name, revision=revision)
+        return cls(store, url, base_name, revision, adapter_cfg,
+                   registry_name(settings.model.name), mlflow_run_id, settings.result_config)
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.previous = state.get("previous")
+        self.last_ref = dict(state.get("last_ref", {}))
+
+    def state(self) -> dict[str, Any]:
+        return {"previous": self.previous, "last_ref": dict(self.last_ref)}
+
+    def register(
+        self,
+        task: str,
+        artifact: Path,
+        *,
+        bits: int,
+        metrics: dict[str, float],
+        tensors: dict[str, torch.Tensor],
+        experience: int,
+        quantized_from: str | None = None,
+    ) -> str | None:
+        """Register one artifact; returns its ref (``adapter:N``), or None when disabled."""
+        if self.store is None:
+            return None
+        adapter = registry_name(f"{self.model_tag}-{task}-{self.adapter_cfg.method}")
+        self.store.register_task(task)
+        self.store.register_adapter(adapter, task=task, base_model=self.base_model)
+        parents = []
+        if quantized_from is not None:
+            parents.append((quantized_from, "quantized_from"))
+        elif self.previous is not None:
+            parents.append((self.previous, "continued_from"))
+        cfg = self.adapter_cfg
+        version = self.store.register_version(
+            adapter,
+            artifact,
+            method=cfg.method,
+            bits=bits,
+            a_out=cfg.a_out if cfg.method == "kron" else None,
+            a_in=cfg.a_in if cfg.method == "kron" else None,
+            r=cfg.r,
+            alpha=float(cfg.alpha),
+            param_count=sum(t.numel() for k, t in tensors.items() if not k.endswith(".scales"))
+            if bits == 32 else None,
+            metrics=metrics,
+            config={"adapter": cfg.to_dict(), "run": self.run_config},
+            mlflow_run_id=self.mlflow_run_id,
+            tags={"experience": str(experience), "stream_task": task,
+                  "strategy": str(self.run_config.get("strategy", {}).get("mode"))},
+            parents=parents,
+        )
+        ref = f"{version.adapter}:{version.number}"
+        if quantized_from is None:
+            self.previous = ref
+            self.last_ref[task] = ref
+        return ref

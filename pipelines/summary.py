@@ -1,0 +1,67 @@
+"""The plain-text summary a run prints at the end (and saves as summary.txt)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kroncl.tracking import default_tracking_uri
+
+
+def format_matrix(matrix) -> str:
+    names = matrix.task_names
+    width = max(12, *(len(n) + 2 for n in names))
+    head = "after".ljust(width) + "".join(n.rjust(width) for n in names)
+    lines = [head]
+    rows = [("before", matrix.baseline)] + [
+        (f"{names[i]}", row) for i, row in enumerate(matrix.rows)
+    ]
+    for label, row in rows:
+        cells = "".join(("-" if v is None else f"{v:.3f}").rjust(width) for v in row)
+        lines.append(label.ljust(width) + cells)
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    return "n/a" if value is None else f"{value:+.3f}" if isinstance(value, float) else str(value)
+
+
+def format_summary(result, *, settings, param_counts: dict[str, int], tracker, registry_url: str | None,
+                   elapsed: float) -> str:
+    s = result.summary
+    out = [
+        "",
+        f"== kroncl run: stream={settings.stream.name} model={settings.model.name} "
+        f"adapter={settings.adapter.get('method')} "
+        f"strategy={settings.strategy.mode} ({elapsed:.0f}s)",
+        "",
+        "accuracy matrix R[i][j] (row: after training task i; column: test accuracy on task j)",
+        format_matrix(result.matrix),
+        "",
+        f"ACC {_fmt(s.get('acc'))}   BWT {_fmt(s.get('bwt'))}   FWT {_fmt(s.get('fwt'))}   "
+        f"forgetting {_fmt(s.get('forgetting'))}   (avalanche forgetting {_fmt(s.get('avalanche_forgetting'))})",
+        "",
+        f"parameters: base {param_counts['base']:,} frozen; adapter set "
+        f"{param_counts['adapter_set']:,} trainable on {param_counts['adapted_layers']} layers",
+    ]
+    for rec in result.artifacts:
+        line = f"  exp {rec['experience']} {rec['task']}: fp32 {rec['fp32_bytes']:,} B"
+        if rec.get("quant_bytes") is not None:
+            err = rec["delta_rel_error"]["quant_rel_err_mean"]
+            line += (f", {rec['quant_scheme']} {rec['quant_bytes']:,} B "
+                     f"({rec['quant_bytes'] / rec['fp32_bytes']:.3f}x, ΔW rel. error {err:.4f})")
+        refs = [r for r in (rec.get("fp32_ref"), rec.get("quant_ref")) if r]
+        if refs:
+            line += "  registry: " + ", ".join(refs)
+        out.append(line)
+    if registry_url:
+        out.append(f"registry: {registry_url}   (python -m registry --url {registry_url} list)")
+    if result.mlflow_run_id:
+        uri = settings.tracking.uri or default_tracking_uri(settings.runs_root)
+        out.append(f"MLflow run {result.mlflow_run_id} in {uri}")
+        if not settings.tracking.uri:
+            out.append(f"  open the UI: mlflow ui --backend-store-uri {uri} --port 5000")
+    if tracker.failures:
+        out.append(f"MLflow: {len(tracker.failures)} call(s) failed; every metric is in "
+                   f"{tracker.jsonl_path}")
+    out.append(f"run directory: {result.run_dir}")
+    return "\n".join(out) + "\n"
