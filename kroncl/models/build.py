@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from kroncl.models.base import MultipleChoiceModel
-from kroncl.models.config import DTYPES, ModelConfig, default_targets_for
+from kroncl.models.config import DTYPES, TINY_MODELS, ModelConfig, default_targets_for
 from kroncl.models.decoder import DecoderMultipleChoice
 from kroncl.models.encoder import EncoderMultipleChoice
 from kroncl.models.errors import ModelLoadError
@@ -117,6 +117,8 @@ def build_model(cfg: ModelConfig) -> MultipleChoiceModel:
     from transformers import AutoModelForCausalLM, AutoModelForMultipleChoice
 
     cfg = cfg.resolved()
+    if cfg.name in TINY_MODELS:
+        return _build_tiny(cfg)
     _check_reachable(cfg)
     tokenizer = load_tokenizer(cfg)
     auto = AutoModelForMultipleChoice if cfg.kind == "encoder" else AutoModelForCausalLM
@@ -140,3 +142,12 @@ def build_model(cfg: ModelConfig) -> MultipleChoiceModel:
         log.info("newly initialised head module(s) %s (seed %d)", heads, cfg.seed)
     model = MODEL_CLASSES[cfg.kind](backbone, tokenizer, cfg, head_modules=heads, default_targets=targets)
     return model.eval()
+
+
+def _build_tiny(cfg: ModelConfig) -> MultipleChoiceModel:
+    from kroncl.models.tiny import tiny_decoder, tiny_encoder
+
+    kind, arch = TINY_MODELS[cfg.name]
+    if kind == "encoder":
+        return tiny_encoder(arch, seed=cfg.seed, max_length=cfg.max_length)
+    return tiny_decoder(arch, seed=cfg.seed, max_length=cfg.max_length, length_normalize=cfg.length_normalize)

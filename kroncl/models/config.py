@@ -13,7 +13,7 @@ import torch
 from kroncl.models.errors import ModelConfigError
 from kroncl.models.paths import minilm_path, smollm2_gguf
 
-__all__ = ["ModelConfig", "Preset", "PRESETS", "DEFAULT_TARGETS", "KINDS", "DTYPES", "default_targets_for"]
+__all__ = ["ModelConfig", "Preset", "PRESETS", "TINY_MODELS", "DEFAULT_TARGETS", "KINDS", "DTYPES", "default_targets_for"]
 
 KINDS = ("encoder", "decoder")
 DTYPES: dict[str, torch.dtype | str] = {
@@ -68,6 +68,14 @@ PRESETS: dict[str, Preset] = {
     "smollm2": Preset("decoder", _smollm2, _LLAMA, max_length=256),
 }
 
+# Randomly initialised toy-size models (real architectures, real tokenizers) for tests and smoke
+# runs: name -> (kind, architecture). Built by kroncl.models.tiny, no files needed.
+TINY_MODELS: dict[str, tuple[str, str]] = {
+    "tiny": ("encoder", "bert"),
+    "tiny-distilbert": ("encoder", "distilbert"),
+    "tiny-llama": ("decoder", "llama"),
+}
+
 
 @dataclass
 class ModelConfig:
@@ -120,8 +128,8 @@ class ModelConfig:
             ModelConfigError: listing every invalid field as ``model.<key>=value``.
         """
         errors = []
-        if self.name != "custom" and self.name not in PRESETS:
-            errors.append(f"model={self.name!r} is not one of {sorted(PRESETS) + ['custom']}")
+        if self.name != "custom" and self.name not in PRESETS and self.name not in TINY_MODELS:
+            errors.append(f"model={self.name!r} is not one of {sorted(PRESETS) + sorted(TINY_MODELS) + ['custom']}")
         if self.kind is not None and self.kind not in KINDS:
             errors.append(f"model.kind={self.kind!r} must be one of {list(KINDS)}")
         if self.name == "custom" and (self.kind is None or not self.name_or_path):
@@ -145,6 +153,9 @@ class ModelConfig:
             ModelLoadError: a preset's package (MiniLM, SmolLM2) is not installed.
         """
         self.validate()
+        if self.name in TINY_MODELS:
+            return dataclasses.replace(self, kind=TINY_MODELS[self.name][0], name_or_path=self.name,
+                                       max_length=self.max_length or 64)
         if self.name == "custom":
             return dataclasses.replace(self, max_length=self.max_length or 128, default_targets=list(self.default_targets))
         preset = PRESETS[self.name]
