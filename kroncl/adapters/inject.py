@@ -1,0 +1,316 @@
+"""Model-level adapter operations on any ``nn.Module`` (Hugging Face models included).
+
+Which parameters are adapter parameters is decided by the ``AdapterLinear`` contract
+(``adapter_parameters(name)``), never by matching substrings of parameter names.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from kroncl.adapters.config import AdapterConfig
+from kroncl.adapters.layers import AdapterLinear, DenseDeltaLinear, KronLoRALinear, LoRALinear
+from kroncl.adapters.math import kron_factors
+from kroncl.errors import AdapterConfigError, AdapterLoadError, AdapterStateError
+
+__all__ = [
+    "LoadResult",
+    "match_target",
+    "inject_adapters",
+    "adapter_layers",
+    "adapter_names",
+    "add_adapter",
+    "delete_adapter",
+    "set_active_adapter",
+    "adapter_parameters",
+    "adapter_state_dict",
+    "load_adapter_state_dict",
+    "merge_adapter",
+    "unmerge_adapters",
+    "set_requires_grad",
+    "count_adapter_parameters",
+]
+
+
+class LoadResult(NamedTuple):
+    """Keys left out by a non-strict load."""
+
+    missing: list[str]
+    unexpected: list[str]
+
+
+def match_target(target: str, path: str) -> bool:
+    """Whether module ``path`` is selected by ``target``.
+
+    ``re:<regex>`` fullmatches the whole path; any other string matches the path itself or its
+    last dotted components (so "dense" does not match "bert.pooler.dense_act").
+
+    Example:
+        >>> match_target("attention.output.dense", "bert.encoder.layer.0.attention.output.dense")
+        True
+        >>> match_target("dense", "bert.encoder.layer.0.output.dense_act")
+        False
+        >>> match_target(r"re:.*layer\\.[01]\\.attention\\.self\\.query", "bert.encoder.layer.1.attention.self.query")
+        True
+    """
+    if target.startswith("re:"):
+        return re.fullmatch(target[3:], path) is not None
+    return path == target or path.endswith("." + target)
+
+
+def _candidate_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """Named modules that may be targeted: everything except the model root and adapter internals."""
+    out: dict[str, nn.Module] = {}
+    inside: list[str] = []
+    for path, mod in model.named_modules():
+        if not path or any(path.startswith(p + ".") for p in inside):
+            continue
+        if isinstance(mod, AdapterLinear):
+            inside.append(path)
+        out[path] = mod
+    return out
+
+
+def _resolve(cfg_key: str, targets: list[str], modules: dict[str, nn.Module]) -> tuple[list[str], list[str]]:
+    """Module paths matched by ``targets`` and the error messages for targets that fail."""
+    errors: list[str] = []
+    chosen: list[str] = []
+    linear_names = sorted({p.rsplit(".", 1)[-1] for p, m in modules.items() if isinstance(m, nn.Linear)})
+    for t in targets:
+        hits = [p for p in modules if match_target(t, p)]
+        if not hits:
+            errors.append(
+                f"{cfg_key} entry {t!r} matches no module; Linear module names in this model include "
+                f"{linear_names[:12]}"
+            )
+            continue
+        for p in hits:
+            m = modules[p]
+            if isinstance(m, AdapterLinear):
+                errors.append(
+                    f"{cfg_key} entry {t!r} matches '{p}', which already carries adapters; use add_adapter() "
+                    "for another adapter set instead of injecting twice"
+                )
+            elif not isinstance(m, nn.Linear):
+                errors.append(
+                    f"{cfg_key} entry {t!r} matches '{p}', a {type(m).__name__}, not an nn.Linear; "
+                    "name its Linear submodules instead"
+                )
+            elif p not in chosen:
+                chosen.append(p)
+    return chosen, errors
+
+
+def _set_submodule(model: nn.Module, path: str, new: nn.Module) -> None:
+    # A new module starts in training mode; inherit the replaced one's mode so injecting into
+    # an eval() model does not switch adapter dropout on.
+    new.train(model.get_submodule(path).training)
+    parent_path, _, child = path.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    setattr(parent, child, new)
+
+
+def inject_adapters(model: nn.Module, cfg: AdapterConfig, adapter_name: str = "default") -> list[str]:
+    """Replace the targeted ``nn.Linear`` modules by adapter layers and freeze everything else.
+
+    Nothing is changed unless every target resolves and every factor divides, so a failed call
+    leaves the model as it was.
+
+    Args:
+        model: any module tree (HF ``PreTrainedModel`` or plain ``nn.Module``).
+        cfg: which modules get which adapter (validated here).
+        adapter_name: name of the first adapter set; it becomes active.
+
+    Returns:
+        Replaced module paths in model order (``targets`` first, then ``head_targets``).
+
+    Raises:
+        AdapterConfigError: a target matches nothing (the message lists Linear module names),
+            matches a non-Linear module (naming its type), a module is listed in both
+            ``targets`` and ``head_targets``, or a Kron factor does not divide a layer.
+    """
+    cfg.validate()
+    modules = _candidate_modules(model)
+    body, errors = _resolve("adapter.targets", list(cfg.targets), modules)
+    heads, head_errors = _resolve("adapter.head_targets", list(cfg.head_targets), modules)
+    errors += head_errors
+    both = sorted(set(body) & set(heads))
+    if both:
+        errors.append(f"modules {both} are matched by both adapter.targets and adapter.head_targets; keep one")
+    if cfg.method == "kron":
+        for p in body:
+            m = modules[p]
+            try:
+                kron_factors(m.out_features, m.in_features, cfg.a_out, cfg.a_in, layer=p)
+            except AdapterConfigError as e:
+                errors.append(str(e))
+    if errors:
+        raise AdapterConfigError("cannot inject adapters:\n  " + "\n  ".join(errors))
+
+    for p in body:
+        base = modules[p]
+        if cfg.method == "kron":
+            new: AdapterLinear = KronLoRALinear(
+                base, cfg.a_out, cfg.a_in, cfg.r, cfg.alpha, cfg.dropout, layer_name=p, adapter_name=adapter_name
+            )
+        else:
+            new = LoRALinear(base, cfg.r, cfg.alpha, cfg.dropout, layer_name=p, adapter_name=adapter_name)
+        _set_submodule(model, p, new)
+    for p in heads:
+        _set_submodule(model, p, DenseDeltaLinear(modules[p], cfg.dropout, layer_name=p, adapter_name=adapter_name))
+
+    model.requires_grad_(False)
+    set_requires_grad(model, adapter_name, True)
+    return body + heads
+
+
+def adapter_layers(model: nn.Module) -> dict[str, AdapterLinear]:
+    """Module path -> adapter layer, in model order."""
+    return {p: m for p, m in model.named_modules() if isinstance(m, AdapterLinear)}
+
+
+def _layers(model: nn.Module) -> dict[str, AdapterLinear]:
+    layers = adapter_layers(model)
+    if not layers:
+        raise AdapterStateError(f"{type(model).__name__} has no adapter layers; call inject_adapters() first")
+    return layers
+
+
+def adapter_names(model: nn.Module) -> list[str]:
+    """Adapter set names present in every adapter layer (in creation order)."""
+    layers = list(_layers(model).values())
+    names = list(layers[0].adapters)
+    return [n for n in names if all(n in m.adapters for m in layers[1:])]
+
+
+def add_adapter(model: nn.Module, name: str, init_from: str | None = None) -> None:
+    """Add set ``name`` to every adapter layer (a copy of ``init_from`` when given), trainable.
+
+    The active adapter does not change; call :func:`set_active_adapter` to train the new set.
+    """
+    for m in _layers(model).values():
+        m.add_adapter(name, init_from=init_from)
+    set_requires_grad(model, name, True)
+
+
+def delete_adapter(model: nn.Module, name: str) -> None:
+    """Remove set ``name`` from every adapter layer."""
+    for m in _layers(model).values():
+        m.delete_adapter(name)
+
+
+def set_active_adapter(model: nn.Module, name: str | None) -> None:
+    """Route the following forward passes through set ``name`` (None: base model only).
+
+    Switching is an attribute change on each layer: resident sets are not reloaded, so a
+    different set can serve every batch.
+
+    Raises:
+        AdapterStateError: some layer lacks ``name`` or has another set merged (nothing changed).
+    """
+    layers = _layers(model)
+    for m in layers.values():
+        if name is not None:
+            m._factors(name)
+        if m.merged_adapter is not None and m.merged_adapter != name:
+            raise AdapterStateError(
+                f"layer '{m.layer_name}' has adapter '{m.merged_adapter}' merged; "
+                f"call unmerge_adapters(model) before activating {name!r}"
+            )
+    for m in layers.values():
+        m.active_adapter = name
+
+
+def adapter_parameters(model: nn.Module, name: str) -> dict[str, nn.Parameter]:
+    """Parameters of set ``name`` keyed "<module path>.<local name>" (e.g. "...query.B1")."""
+    return {f"{p}.{k}": v for p, m in _layers(model).items() for k, v in m.adapter_parameters(name).items()}
+
+
+def adapter_state_dict(model: nn.Module, name: str) -> dict[str, Tensor]:
+    """Detached copies of set ``name``'s parameters, same keys as :func:`adapter_parameters`."""
+    return {k: v.detach().clone() for k, v in adapter_parameters(model, name).items()}
+
+
+@torch.no_grad()
+def load_adapter_state_dict(
+    model: nn.Module, tensors: dict[str, Tensor], name: str, strict: bool = True
+) -> LoadResult:
+    """Copy ``tensors`` into set ``name`` (created in every layer first if absent).
+
+    Args:
+        model: a model with adapter layers.
+        tensors: keys as produced by :func:`adapter_state_dict`.
+        name: adapter set to fill.
+        strict: raise when any key is missing or unexpected.
+
+    Returns:
+        The missing and unexpected keys (both empty after a strict load).
+
+    Raises:
+        AdapterLoadError: one error listing every missing key, unexpected key and shape
+            mismatch (shape mismatches are errors even when ``strict`` is False). Nothing is
+            copied when it is raised.
+    """
+    created = name not in adapter_names(model)
+    if created:
+        add_adapter(model, name)
+    params = adapter_parameters(model, name)
+    missing = sorted(set(params) - set(tensors))
+    unexpected = sorted(set(tensors) - set(params))
+    mismatched = [
+        f"{k}: file {tuple(tensors[k].shape)} vs model {tuple(params[k].shape)}"
+        for k in sorted(set(params) & set(tensors))
+        if tuple(tensors[k].shape) != tuple(params[k].shape)
+    ]
+    problems = []
+    if strict and missing:
+        problems.append(f"{len(missing)} missing keys: {missing}")
+    if strict and unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys: {unexpected}")
+    if mismatched:
+        problems.append(f"{len(mismatched)} shape mismatches: {mismatched}")
+    if problems:
+        if created:
+            delete_adapter(model, name)
+        raise AdapterLoadError(f"cannot load adapter '{name}':\n  " + "\n  ".join(problems))
+    for k in set(params) & set(tensors):
+        params[k].copy_(tensors[k].to(dtype=params[k].dtype, device=params[k].device))
+    return LoadResult(missing, unexpected)
+
+
+def merge_adapter(model: nn.Module, name: str) -> None:
+    """Fold set ``name`` into every base weight (idempotent; see ``AdapterLinear.merge``)."""
+    layers = _layers(model)
+    for m in layers.values():
+        m._factors(name)
+    done: list[AdapterLinear] = []
+    try:
+        for m in layers.values():
+            m.merge(name)
+            done.append(m)
+    except AdapterStateError:
+        # All or nothing: a half-merged model would silently mix base and adapted layers.
+        for m in done:
+            m.unmerge()
+        raise
+
+
+def unmerge_adapters(model: nn.Module) -> None:
+    """Restore every base weight exactly; the previously merged set stays active."""
+    for m in _layers(model).values():
+        m.unmerge()
+
+
+def set_requires_grad(model: nn.Module, name: str, flag: bool) -> None:
+    """Make set ``name`` trainable (True) or frozen (False) in every layer."""
+    for p in adapter_parameters(model, name).values():
+        p.requires_grad_(flag)
+
+
+def count_adapter_parameters(model: nn.Module, name: str) -> int:
+    """Number of scalar parameters in set ``name``."""
+    return sum(p.numel() for p in adapter_parameters(model, name).values())

@@ -1,0 +1,29 @@
+"""``python -m kroncl.bench {adapters,quant} [options]``: dispatch to a benchmark's ``main(argv)``."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# Imported lazily so one benchmark's dependencies never slow down or break another.
+COMMANDS = {
+    "adapters": ("kroncl.bench.adapters", "time one adapted linear layer: base, LoRA, Kron-LoRA, PEFT LoKr"),
+    "quant": ("kroncl.bench.quant", "adapter quantization benchmark"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        lines = [f"  {name:<10}{help_}" for name, (_, help_) in COMMANDS.items()]
+        print("usage: python -m kroncl.bench {" + ",".join(COMMANDS) + "} [options]\n" + "\n".join(lines))
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"unknown benchmark {argv[0]!r}", file=sys.stderr)
+            return 2
+        return 0
+    module = importlib.import_module(COMMANDS[argv[0]][0])
+    return int(module.main(argv[1:]) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

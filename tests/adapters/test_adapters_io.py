@@ -1,0 +1,134 @@
+"""Adapter files: safetensors + JSON, strict loading, atomic writes, quantized files."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import pytest
+import torch
+
+from kroncl.adapters import (
+    AdapterConfig,
+    adapter_state_dict,
+    inject_adapters,
+    load_adapter,
+    load_adapter_into,
+    save_adapter,
+    set_active_adapter,
+)
+from kroncl.adapters.io import CONFIG_NAME, FORMAT_VERSION, WEIGHTS_NAME
+from kroncl.errors import AdapterConfigError, AdapterLoadError
+
+CFG = AdapterConfig(method="kron", a_out=2, a_in=2, r=4, alpha=8.0, dropout=0.1,
+                    targets=["query", "value"], head_targets=["classifier"])
+
+
+@pytest.fixture
+def trained(make_bert_mc, randomize):
+    model = make_bert_mc()
+    inject_adapters(model, CFG)
+    randomize(model)
+    return model
+
+
+def test_save_writes_exactly_the_adapter_tensors_and_config(trained, tmp_path):
+    sd = adapter_state_dict(trained, "default")
+    out = save_adapter(tmp_path / "ad", sd, CFG, base_model="tiny-bert", extra={"task": "arc_easy"})
+    assert sorted(p.name for p in out.iterdir()) == sorted([CONFIG_NAME, WEIGHTS_NAME])
+    doc = json.loads((out / CONFIG_NAME).read_text())
+    assert doc == {
+        "format_version": FORMAT_VERSION, "method": "kron", "a_out": 2, "a_in": 2, "r": 4, "alpha": 8.0,
+        "dropout": 0.1, "targets": ["query", "value"], "head_targets": ["classifier"],
+        "base_model": "tiny-bert", "quantization": None, "task": "arc_easy",
+    }
+    # safetensors = 8-byte little-endian header length + JSON header: no pickle anywhere.
+    raw = (out / WEIGHTS_NAME).read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + n])
+    assert set(header) - {"__metadata__"} == set(sd)
+    loaded = load_adapter(out)
+    assert set(loaded.tensors) == set(sd)
+    assert all(torch.equal(loaded.tensors[k], sd[k]) for k in sd)
+    assert loaded.config == CFG and loaded.meta["base_model"] == "tiny-bert"
+
+
+def test_saved_adapter_reproduces_logits_in_a_fresh_model(trained, make_bert_mc, batch, tmp_path):
+    save_adapter(tmp_path, adapter_state_dict(trained, "default"), CFG, base_model="tiny-bert")
+    fresh = make_bert_mc()
+    load_adapter_into(fresh, tmp_path, name="task0")
+    set_active_adapter(fresh, "task0")
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(**batch).logits, trained(**batch).logits, rtol=0, atol=0)
+
+
+def test_overwrite_is_atomic_and_leaves_no_temp_files(trained, tmp_path):
+    sd = adapter_state_dict(trained, "default")
+    save_adapter(tmp_path, sd, CFG, base_model="a")
+    sd2 = {k: v + 1 for k, v in sd.items()}
+    save_adapter(tmp_path, sd2, CFG, base_model="b")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([CONFIG_NAME, WEIGHTS_NAME])
+    loaded = load_adapter(tmp_path)
+    assert loaded.meta["base_model"] == "b"
+    assert all(torch.equal(loaded.tensors[k], sd2[k]) for k in sd)
+
+
+def test_failed_write_keeps_previous_file(trained, tmp_path):
+    sd = adapter_state_dict(trained, "default")
+    save_adapter(tmp_path, sd, CFG, base_model="a")
+    before = (tmp_path / WEIGHTS_NAME).read_bytes()
+    with pytest.raises(Exception):
+        save_adapter(tmp_path, {"bad": "not a tensor"}, CFG, base_model="a")  # type: ignore[dict-item]
+    assert (tmp_path / WEIGHTS_NAME).read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([CONFIG_NAME, WEIGHTS_NAME])
+
+
+def test_reserved_extra_keys_are_refused(trained, tmp_path):
+    with pytest.raises(AdapterConfigError, match=r"\['r'\]"):
+        save_adapter(tmp_path, adapter_state_dict(trained, "default"), CFG, base_model="a", extra={"r": 2})
+
+
+def test_load_errors_name_the_problem(trained, tmp_path):
+    with pytest.raises(AdapterLoadError, match="lacks"):
+        load_adapter(tmp_path)
+    save_adapter(tmp_path, adapter_state_dict(trained, "default"), CFG, base_model="a")
+    doc = json.loads((tmp_path / CONFIG_NAME).read_text())
+    (tmp_path / CONFIG_NAME).write_text(json.dumps({**doc, "format_version": 99}))
+    with pytest.raises(AdapterLoadError, match="format_version=99"):
+        load_adapter(tmp_path)
+    (tmp_path / CONFIG_NAME).write_text(json.dumps({**doc, "a_out": 0}))
+    with pytest.raises(AdapterLoadError, match="adapter.a_out=0"):
+        load_adapter(tmp_path)
+    (tmp_path / CONFIG_NAME).write_text(json.dumps(doc))
+    (tmp_path / WEIGHTS_NAME).write_bytes(b"garbage")
+    with pytest.raises(AdapterLoadError, match="not a readable safetensors"):
+        load_adapter(tmp_path)
+
+
+def test_loading_into_mismatched_model_is_strict(trained, make_bert_mc, tmp_path):
+    sd = adapter_state_dict(trained, "default")
+    del sd["classifier.bias"]
+    save_adapter(tmp_path, sd, CFG, base_model="a")
+    with pytest.raises(AdapterLoadError, match=r"1 missing keys: \['classifier.bias'\]"):
+        load_adapter_into(make_bert_mc(), tmp_path)
+
+
+def test_quantized_file_is_dequantized_through_kroncl_quant(trained, make_bert_mc, batch, tmp_path):
+    from kroncl.quant import quantize_tensors
+
+    sd = adapter_state_dict(trained, "default")
+    packed, meta = quantize_tensors(sd, "int8")
+    save_adapter(tmp_path, packed, CFG, base_model="a", extra={"quantization": meta})
+    assert json.loads((tmp_path / CONFIG_NAME).read_text())["quantization"]["shapes"]
+    loaded = load_adapter(tmp_path)
+    assert set(loaded.tensors) == set(sd)
+    for k, v in sd.items():
+        assert loaded.tensors[k].dtype == torch.float32
+        # int8 per-row absmax: error at most half a quantization step of the row
+        step = v.reshape(v.shape[0], -1).abs().amax(dim=1, keepdim=True) / 127 if v.dim() > 1 else v.abs().max() / 127
+        err = (loaded.tensors[k] - v).reshape(step.shape[0], -1) if v.dim() > 1 else loaded.tensors[k] - v
+        assert (err.abs() <= step * 0.5 + 1e-6).all(), k
+    fresh = make_bert_mc()
+    load_adapter_into(fresh, tmp_path)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(**batch).logits, trained(**batch).logits, rtol=0.05, atol=0.05)
