@@ -33,9 +33,10 @@ def base_model_identity(model) -> tuple[str, str]:
     """
     digest = hashlib.sha256()
     for key, tensor in sorted(model.backbone.state_dict().items()):
-        if any(part in key for part in (".adapters.",)):
+        if ".adapters." in key:
             continue
-        digest.update(key.encode())
+        # Same name before and after injection: an adapted layer keeps its base as base_layer.
+        digest.update(key.replace(".base_layer.", ".").encode())
         digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     source = str(model.config.name_or_path or model.config.name)
     name = source if "/" in source and not Path(source).exists() else Path(source).name

@@ -13,7 +13,7 @@ version is measured:
   set, and the share of test questions on which both sets pick the same answer.
 
 The accuracy drop is the quantity the issue's target is stated in; the agreement is the more
-sensitive one on a small test set (one flipped answer among 300 is 0.33 points either way).
+sensitive one on a small test set (one flipped answer among 200 is 0.5 points either way).
 Not a test: accuracies depend on the data sizes, and times on the machine.
 """
 
@@ -228,7 +228,7 @@ class BenchSettings:
     tasks: list[str]
     methods: list[str]
     model: str = "minilm"
-    max_train: int = 300
+    max_train: int = 256
     max_test: int = 200
     epochs: int = 2
     lr: float = 2e-3
@@ -242,6 +242,7 @@ class BenchSettings:
     max_length: int | None = 96
     data_dir: str | None = None
     device: str = "auto"
+    threads: int = 1
 
 
 @dataclass
@@ -287,7 +288,12 @@ def answering_with(adapter_sets, name: str) -> Iterator[None]:
 
     The strategy's forward activates the routed set on every batch, so this, not a bare
     ``set_active_adapter``, is what makes an evaluation use another resident set.
+
+    Raises:
+        ValueError: ``adapter_sets`` is in a per-task mode (it routes by task label instead).
     """
+    if adapter_sets.per_task:
+        raise ValueError(f"answering_with needs adapter sets in sequential mode, got mode {adapter_sets.mode!r}")
     previous = adapter_sets.current
     adapter_sets.current = name
     try:
@@ -432,13 +438,15 @@ def machine_info() -> dict[str, Any]:
         cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {"cpu": cpu, "logical_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "gpu": gpu,
-            "torch": torch.__version__, "python": platform.python_version()}
+            "torch": torch.__version__, "python": platform.python_version(),
+            "load_avg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
 
 
 def describe_machine(info: Mapping[str, Any]) -> str:
     gpu = f"GPU: {info['gpu']}; " if info.get("gpu") else ""
     return (f"{gpu}CPU: {info['cpu']}; logical cores: {info['logical_cores']}; torch threads: "
-            f"{info['torch_threads']}; torch {info['torch']}; python {info['python']}")
+            f"{info['torch_threads']}; torch {info['torch']}; python {info['python']}"
+            + (f"; load average at start {info['load_avg_1min']:.1f}" if info.get("load_avg_1min") is not None else ""))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -447,7 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"comma-separated tasks; aliases {TASK_ALIASES} (default toy,arc)")
     ap.add_argument("--methods", default="kron,lora", help="comma-separated: kron, lora (default both)")
     ap.add_argument("--model", default="minilm", help="model preset, e.g. minilm (default) or tiny for a smoke run")
-    ap.add_argument("--max-train", type=int, default=300, help="training examples per task (default 300)")
+    ap.add_argument("--max-train", type=int, default=256, help="training examples per task (default 256)")
     ap.add_argument("--max-test", type=int, default=200, help="test examples per task (default 200)")
     ap.add_argument("--epochs", type=int, default=2, help="epochs over the task (default 2)")
     ap.add_argument("--lr", type=float, default=2e-3, help="peak learning rate, linear schedule (default 2e-3)")
@@ -463,6 +471,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--data-dir", default=None,
                     help="folder with <task>/{train,test}.jsonl (default $KRONCL_SHARED_DATA or ../shared/data)")
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch intra-op threads (default 1; 0 = torch's own choice). On a shared CPU, "
+                         "2 threads ran a MiniLM training step 5x slower than 1 (threads wait for each other "
+                         "when another process holds a core)")
     ap.add_argument("--out", default="runs/bench/quant",
                     help="writes <out>.json and <out>.md (default runs/bench/quant)")
     return ap
@@ -477,6 +489,8 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
     for flag in ("max_train", "max_test", "epochs", "batch_size", "eval_batch_size", "r", "kron_a", "block_size"):
         if getattr(args, flag) < 1:
             raise argparse.ArgumentTypeError(f"--{flag.replace('_', '-')}={getattr(args, flag)} must be >= 1")
+    if args.threads < 0:
+        raise argparse.ArgumentTypeError(f"--threads={args.threads} must be >= 0 (0 = torch's choice)")
     if not args.lr > 0:
         raise argparse.ArgumentTypeError(f"--lr={args.lr} must be > 0")
     tasks = parse_choices(args.tasks, None, "--tasks", TASK_ALIASES)
@@ -486,7 +500,7 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
                          max_test=args.max_test, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                          eval_batch_size=args.eval_batch_size,
                          seed=args.seed, r=args.r, alpha=2.0 * args.r, kron_a=args.kron_a,
-                         block_size=args.block_size, max_length=args.max_length,
+                         block_size=args.block_size, max_length=args.max_length, threads=args.threads,
                          data_dir=data_dir if Path(data_dir).is_dir() else None, device=args.device)
 
 
@@ -513,7 +527,8 @@ def format_report(report: Mapping[str, Any]) -> str:
                  "which is quantized too; ΔW err: ‖ΔW−ΔŴ‖/‖ΔW‖ over adapted layers (head included); "
                  "drop: fp32 accuracy − quantized accuracy in points; agree: same answer as fp32")
     lines.append(format_targets([Target(**t) for t in report["targets"]]))
-    lines.append(f"total {report['runtime_s']:.0f} s")
+    end_load = report["machine"].get("load_avg_1min_end")
+    lines.append(f"total {report['runtime_s']:.0f} s" + (f" (load average at end {end_load:.1f})" if end_load is not None else ""))
     return "\n".join(lines)
 
 
@@ -564,6 +579,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ap.error(str(exc))
     from kroncl.errors import KronclError
 
+    if settings.threads > 0:
+        torch.set_num_threads(settings.threads)
     started = time.perf_counter()
     report: dict[str, Any] = {
         "command": "python -m kroncl.bench quant" + (" " + shlex.join(argv) if argv else ""),
@@ -592,6 +609,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     report["targets"] = [asdict(t) for t in check_targets(all_rows)]
     report["runtime_s"] = time.perf_counter() - started
+    if hasattr(os, "getloadavg"):
+        report["machine"]["load_avg_1min_end"] = os.getloadavg()[0]
     text = format_report(report)
     print(text)
     json_path, md_path = output_paths(args.out)

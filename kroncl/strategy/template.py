@@ -84,6 +84,7 @@ class KronclStrategy(SupervisedTemplate):
 
     def __init__(
         self,
+        *,
         model: torch.nn.Module,
         adapter_sets: AdapterSets,
         train: TrainConfig,

@@ -1,0 +1,102 @@
+"""Several task adapters resident in one model, routed per batch row by task label."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kroncl.adapters import load_adapter
+from kroncl.compose import ComposeError, attach_adapters
+from kroncl.models import ModelConfig, build_model
+from pipelines.compose import compose, select_versions
+from registry import AdapterVersion
+
+ATOL = 1e-5
+
+
+@pytest.fixture
+def multi(trained):
+    versions = select_versions(trained.store, [trained.refs["toy_larger"], trained.refs["toy_smaller"]])
+    return compose(trained.store, versions)
+
+
+def test_each_task_batch_equals_its_single_adapter_model(trained, multi, live_scores, make_batch):
+    composed = multi.composed
+    assert composed.tasks == ["toy_larger", "toy_smaller"] and composed.multi
+    for task in composed.tasks:
+        batch = make_batch(trained.model, trained.splits[task].test, composed.label(task))
+        live = live_scores(trained.sets[task], batch)
+        assert (composed(batch) - live).abs().max().item() <= ATOL
+    # The two sets really differ, so routing to the wrong one would be caught.
+    batch = make_batch(trained.model, trained.splits["toy_larger"].test, 0)
+    a, b = (live_scores(trained.sets[t], batch) for t in ("toy_larger", "toy_smaller"))
+    assert (a - b).abs().max().item() > 1e-3
+
+
+def test_mixed_batch_routes_every_row_to_its_task(trained, multi, live_scores, make_batch):
+    composed = multi.composed
+    rows_large = trained.splits["toy_larger"].test[:5]
+    rows_small = trained.splits["toy_smaller"].test[:7]
+    model = trained.model
+    feats = [{**model.encode(ex), "task_labels": 0} for ex in rows_large]
+    feats += [{**model.encode(ex), "task_labels": 1} for ex in rows_small]
+    order = torch.randperm(len(feats), generator=torch.Generator().manual_seed(0)).tolist()
+    batch = model.collate([feats[i] for i in order])
+    scores = composed(batch)
+    expected = torch.where(
+        (batch["task_labels"] == 0)[:, None],
+        live_scores(trained.sets["toy_larger"], batch),
+        live_scores(trained.sets["toy_smaller"], batch),
+    )
+    assert (scores - expected).abs().max().item() <= ATOL
+
+
+def test_route_by_label_or_name_and_clear_errors(multi, trained, make_batch):
+    composed = multi.composed
+    assert composed.route(1) == composed.route("toy_smaller") == "toy_smaller"
+    with pytest.raises(ComposeError, match="0=toy_larger, 1=toy_smaller"):
+        composed.route(2)
+    with pytest.raises(ComposeError, match="task 'piqa' is not in this composition"):
+        composed.route("piqa")
+    batch = make_batch(trained.model, trained.splits["toy_larger"].test[:3], 0)
+    del batch["task_labels"]
+    with pytest.raises(ComposeError, match="give the batch 'task_labels'"):
+        composed(batch)
+    with pytest.raises(ComposeError, match="cannot merge 2 resident adapter sets"):
+        composed.merge()
+
+
+def test_merge_with_several_versions_is_refused(trained):
+    versions = select_versions(trained.store, [trained.refs["toy_larger"], trained.refs["toy_smaller"]])
+    with pytest.raises(ComposeError, match="--merge folds one adapter.*--weights"):
+        compose(trained.store, versions, merge=True)
+
+
+def test_mixing_methods_is_refused_for_resident_sets(trained):
+    # --task toy_smaller picks the newest version: the LoRA adapter.
+    versions = select_versions(trained.store, tasks=["toy_larger", "toy_smaller"], bits=32)
+    assert [v.method for v in versions] == ["kron", "lora"]
+    with pytest.raises(ComposeError, match="is a 'lora' adapter but .* is 'kron'.*methods cannot be mixed"):
+        compose(trained.store, versions)
+
+
+def test_two_versions_of_one_task_are_refused(trained):
+    versions = select_versions(trained.store, [trained.refs["toy_larger"], trained.refs["toy_larger@int8"]])
+    with pytest.raises(ComposeError, match=r"several versions of task\(s\) \['toy_larger'\]"):
+        compose(trained.store, versions)
+
+
+def test_versions_on_different_base_models_are_refused(trained):
+    v = trained.store.get_version(trained.refs["toy_larger"])
+    other = AdapterVersion(**{**v.__dict__, "adapter": "other-toy_smaller-kron", "task": "toy_smaller",
+                              "base_model": "other-bert"})
+    with pytest.raises(ComposeError, match="different base models.*other-bert"):
+        compose(trained.store, [v, other])
+
+
+def test_attach_refuses_a_model_that_already_has_adapters(trained):
+    loaded = load_adapter(trained.store.fetch_artifact(trained.refs["toy_larger"]))
+    model = build_model(ModelConfig(name="tiny"))
+    attach_adapters(model, {"toy_larger": loaded})
+    with pytest.raises(ComposeError, match="already carries adapter sets"):
+        attach_adapters(model, {"toy_larger": loaded})
