@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,7 +67,18 @@ def run(cfg: DictConfig | dict, run_dir: Path | None = None) -> RunResult:
     run_dir = resolve_run_dir(settings, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)))
-    attach_log_file(run_dir)
+    handler = attach_log_file(run_dir)
+    try:
+        return run_in(run_dir, settings, resolved)
+    finally:
+        # Detached so a later run in this process does not also write into this run's run.log.
+        if handler is not None:
+            logging.getLogger("kroncl").removeHandler(handler)
+            handler.close()
+
+
+def run_in(run_dir: Path, settings: RunSettings, resolved: dict[str, Any]) -> RunResult:
+    """The job proper, in a prepared run directory (see :func:`run`)."""
     log.info("run directory: %s", run_dir)
     seed_everything(settings.seed)
 
@@ -200,7 +212,9 @@ def run(cfg: DictConfig | dict, run_dir: Path | None = None) -> RunResult:
         produced.append(record)
         matrix.save(run_dir / "metrics")
         tracker.log_accuracy_matrix(matrix)
-        tracker.set_tags({f"registry.{task}": record.get("quant_ref") or record["fp32_ref"]})
+        ref = record.get("quant_ref") or record["fp32_ref"]
+        if ref is not None:  # registry=off registers nothing: no tag rather than the text "None"
+            tracker.set_tags({f"registry.{task}": ref})
         save_checkpoint(
             run_dir,
             index + 1,
@@ -231,7 +245,10 @@ def run(cfg: DictConfig | dict, run_dir: Path | None = None) -> RunResult:
     # -- summary --------------------------------------------------------------------------------
     summary = matrix.summary()
     matrix.save(run_dir / "metrics")
-    tracker.log_metrics({f"final/{k}": v for k, v in summary.items() if isinstance(v, (int, float))},
+    # Tracker.log_accuracy_matrix already logged final/{acc,bwt,fwt,forgetting} when the matrix
+    # became complete; logging them again would put two points at the same step in MLflow.
+    tracker.log_metrics({f"final/{k}": v for k, v in summary.items()
+                         if isinstance(v, (int, float)) and k not in ("acc", "bwt", "fwt", "forgetting")},
                         step=len(task_names) - 1)
     tracker.log_artifact(run_dir / "config.yaml")
     tracker.end("FINISHED")
@@ -241,6 +258,7 @@ def run(cfg: DictConfig | dict, run_dir: Path | None = None) -> RunResult:
     text = format_summary(
         result, settings=settings, param_counts=param_counts, tracker=tracker,
         registry_url=registrar.url, elapsed=elapsed,
+        registry_artifacts=str(registrar.store.artifacts.root) if registrar.store is not None else None,
     )
     (run_dir / "summary.txt").write_text(text)
     (run_dir / "summary.json").write_text(json.dumps(
@@ -291,15 +309,22 @@ def complete_adapter_config(node: dict[str, Any], model) -> AdapterConfig:
     return AdapterConfig.from_dict(node)
 
 
-def attach_log_file(run_dir: Path) -> None:
-    """Mirror the kroncl loggers into <run_dir>/run.log (Hydra also writes its own log)."""
-    handler = logging.FileHandler(run_dir / "run.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+def attach_log_file(run_dir: Path) -> logging.FileHandler | None:
+    """Mirror the kroncl loggers into <run_dir>/run.log (Hydra also writes its own log).
+
+    Returns:
+        The handler added (the caller removes it when the run ends), or None when one for
+        this file was already attached.
+    """
     root = logging.getLogger("kroncl")
     root.setLevel(logging.INFO)
-    if not any(isinstance(h, logging.FileHandler) and h.baseFilename == handler.baseFilename
-               for h in root.handlers):
-        root.addHandler(handler)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
+    path = os.path.abspath(run_dir / "run.log")  # as FileHandler.baseFilename
+    if any(isinstance(h, logging.FileHandler) and h.baseFilename == path for h in root.handlers):
+        return None
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    root.addHandler(handler)
+    return handler
 

@@ -26,7 +26,7 @@ def _fmt(value: Any) -> str:
 
 
 def format_summary(result, *, settings, param_counts: dict[str, int], tracker, registry_url: str | None,
-                   elapsed: float) -> str:
+                   elapsed: float, registry_artifacts: str | None = None) -> str:
     s = result.summary
     out = [
         "",
@@ -37,7 +37,7 @@ def format_summary(result, *, settings, param_counts: dict[str, int], tracker, r
         "accuracy matrix R[i][j] (row: after training task i; column: test accuracy on task j)",
         format_matrix(result.matrix),
         "",
-        f"ACC {_fmt(s.get('acc'))}   BWT {_fmt(s.get('bwt'))}   FWT {_fmt(s.get('fwt'))}   "
+        f"ACC {'n/a' if s.get('acc') is None else format(s['acc'], '.3f')}   BWT {_fmt(s.get('bwt'))}   FWT {_fmt(s.get('fwt'))}   "
         f"forgetting {_fmt(s.get('forgetting'))}   (avalanche forgetting {_fmt(s.get('avalanche_forgetting'))})",
         "",
         f"parameters: base {param_counts['base']:,} frozen; adapter set "
@@ -54,7 +54,12 @@ def format_summary(result, *, settings, param_counts: dict[str, int], tracker, r
             line += "  registry: " + ", ".join(refs)
         out.append(line)
     if registry_url:
-        out.append(f"registry: {registry_url}   (python -m registry --url {registry_url} list)")
+        # --artifacts always: the run's artifact root is not the CLI's default (artifacts/ beside
+        # the SQLite file), and without it `show`/`verify` look in the wrong folder.
+        cli = f"python -m registry --url {registry_url}"
+        if registry_artifacts:
+            cli += f" --artifacts {registry_artifacts}"
+        out.append(f"registry: {registry_url}   ({cli} list)")
     if result.mlflow_run_id:
         uri = settings.tracking.uri or default_tracking_uri(settings.runs_root)
         out.append(f"MLflow run {result.mlflow_run_id} in {uri}")

@@ -1,7 +1,7 @@
-"""Shared fixtures: a migrated MLflow SQLite database, copied into each test's run root.
+"""Tracking fixtures: each test's run root holds a copy of the migrated MLflow database.
 
-Creating an MLflow database runs all its Alembic migrations (seconds per test on a busy
-machine); copying one migrated file is instant and still gives each test its own real store.
+``mlflow_db_template`` (a migrated MLflow SQLite file, made once per session) lives in
+tests/conftest.py; copying it is instant and still gives each test its own real store.
 """
 
 from __future__ import annotations
@@ -10,15 +10,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
-
-@pytest.fixture(scope="session")
-def mlflow_db_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from mlflow.tracking import MlflowClient
-
-    db = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
-    MlflowClient(tracking_uri=f"sqlite:///{db}").search_experiments()  # creates + migrates
-    return db
 
 
 @pytest.fixture

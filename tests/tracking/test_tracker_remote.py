@@ -4,15 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.parse
-import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -20,77 +12,9 @@ import pytest
 from kroncl.metrics import AccuracyMatrix
 from kroncl.tracking import Tracker
 
-SERVER_START_TIMEOUT_S = 150  # the server imports FastAPI, MLflow and migrates SQLite: slow on a busy box
+# The `mlflow_server` and `closed_port` fixtures live in tests/conftest.py (shared with
+# tests/pipeline).
 HTTP_ENV = ("MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    def __init__(self, proc: subprocess.Popen, url: str, log: Path) -> None:
-        self.proc, self.url, self.log = proc, url, log
-
-    def stop(self) -> None:
-        """Terminate the server and every process it spawned (its own process group)."""
-        if self.proc.poll() is not None:
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=15)
-        except ProcessLookupError:
-            pass
-        # uvicorn's worker may outlive the parent for a moment; make sure the group is gone.
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
-@contextmanager
-def mlflow_server(root: Path) -> Iterator[Server]:
-    port = free_port()
-    log = root / "server.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # no background job workers in tests
-    cmd = [
-        sys.executable, "-m", "mlflow", "server",
-        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-        "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
-        "--artifacts-destination", str(root / "server-artifacts"),
-    ]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    server = Server(proc, f"http://127.0.0.1:{port}", log)
-    try:
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"mlflow server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{server.url}/health", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"mlflow server not healthy after {SERVER_START_TIMEOUT_S}s:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield server
-    finally:
-        server.stop()
-
-
-def rest_get(url: str, endpoint: str, **params: str) -> dict:
-    query = urllib.parse.urlencode(params)
-    with urllib.request.urlopen(f"{url}/api/2.0/mlflow/{endpoint}?{query}", timeout=10) as resp:
-        return json.loads(resp.read())
 
 
 def jsonl_metric_steps(tracker: Tracker, key: str) -> list[int]:
@@ -98,36 +22,36 @@ def jsonl_metric_steps(tracker: Tracker, key: str) -> list[int]:
     return [r["step"] for r in records if r["event"] == "metrics" and key in r["metrics"]]
 
 
-def test_http_server_round_trip_then_outage(tmp_path: Path):
+def test_http_server_round_trip_then_outage(tmp_path: Path, mlflow_server):
+    server = mlflow_server
     env_before = {k: os.environ.get(k) for k in HTTP_ENV}
-    with mlflow_server(tmp_path) as server:
-        tracker = Tracker(server.url, "remote", True, tmp_path / "runs" / "r1", max_consecutive_failures=3)
-        run_id = tracker.start("remote-run", tags={"kind": "test"})
-        assert run_id is not None, tracker.failures
-        tracker.log_params({"train": {"lr": 0.01}})
-        for step in range(3):
-            tracker.log_metrics({"train/loss": 1.0 / (step + 1)}, step=step)
-        artifact = tmp_path / "summary.txt"
-        artifact.write_text("ok")
-        tracker.log_artifact(artifact, artifact_path="reports")
-        assert tracker.failures == []
-        assert {k: os.environ.get(k) for k in HTTP_ENV} == env_before  # env only set during calls
+    tracker = Tracker(server.url, "remote", True, tmp_path / "runs" / "r1", max_consecutive_failures=3)
+    run_id = tracker.start("remote-run", tags={"kind": "test"})
+    assert run_id is not None, tracker.failures
+    tracker.log_params({"train": {"lr": 0.01}})
+    for step in range(3):
+        tracker.log_metrics({"train/loss": 1.0 / (step + 1)}, step=step)
+    artifact = tmp_path / "summary.txt"
+    artifact.write_text("ok")
+    tracker.log_artifact(artifact, artifact_path="reports")
+    assert tracker.failures == []
+    assert {k: os.environ.get(k) for k in HTTP_ENV} == env_before  # env only set during calls
 
-        history = rest_get(server.url, "metrics/get-history", run_id=run_id, metric_key="train/loss")["metrics"]
-        assert sorted((m["step"], m["value"]) for m in history) == [(0, 1.0), (1, 0.5), (2, pytest.approx(1 / 3))]
-        run = rest_get(server.url, "runs/get", run_id=run_id)["run"]
-        assert {p["key"]: p["value"] for p in run["data"]["params"]} == {"train.lr": "0.01"}
-        listed = rest_get(server.url, "artifacts/list", run_id=run_id, path="reports")
-        assert [f["path"] for f in listed["files"]] == ["reports/summary.txt"]
+    history = server.get("metrics/get-history", run_id=run_id, metric_key="train/loss")["metrics"]
+    assert sorted((m["step"], m["value"]) for m in history) == [(0, 1.0), (1, 0.5), (2, pytest.approx(1 / 3))]
+    run = server.get("runs/get", run_id=run_id)["run"]
+    assert {p["key"]: p["value"] for p in run["data"]["params"]} == {"train.lr": "0.01"}
+    listed = server.get("artifacts/list", run_id=run_id, path="reports")
+    assert [f["path"] for f in listed["files"]] == ["reports/summary.txt"]
 
-        # The tracking server goes away mid-run: training must go on, quickly.
-        server.stop()
-        t0 = time.monotonic()
-        for step in range(3, 8):
-            tracker.log_metrics({"train/loss": 1.0 / (step + 1)}, step=step)
-        tracker.set_tags({"phase": "after-outage"})
-        tracker.end("FINISHED")
-        elapsed = time.monotonic() - t0
+    # The tracking server goes away mid-run: training must go on, quickly.
+    server.stop()
+    t0 = time.monotonic()
+    for step in range(3, 8):
+        tracker.log_metrics({"train/loss": 1.0 / (step + 1)}, step=step)
+    tracker.set_tags({"phase": "after-outage"})
+    tracker.end("FINISHED")
+    elapsed = time.monotonic() - t0
 
     assert elapsed < 30, f"tracking calls blocked for {elapsed:.1f}s during the outage"
     assert [f.operation for f in tracker.failures] == ["log_metrics"] * 3
@@ -136,8 +60,8 @@ def test_http_server_round_trip_then_outage(tmp_path: Path):
     assert {k: os.environ.get(k) for k in HTTP_ENV} == env_before
 
 
-def test_unreachable_server_never_blocks_or_raises(tmp_path: Path):
-    port = free_port()  # bound and released: nothing listens there
+def test_unreachable_server_never_blocks_or_raises(tmp_path: Path, closed_port: int):
+    port = closed_port  # bound and released: nothing listens there
     run_dir = tmp_path / "runs" / "r"
     t0 = time.monotonic()
     tracker = Tracker(f"http://127.0.0.1:{port}", "nowhere", True, run_dir)

@@ -1,0 +1,129 @@
+"""Fixtures shared by several test packages: real MLflow stores and a real ``mlflow server``.
+
+* ``mlflow_db_template``: a migrated MLflow SQLite database. Creating one runs all of MLflow's
+  Alembic migrations (seconds on a busy machine); copying the migrated file is instant and
+  still gives each test its own real store.
+* ``mlflow_server``: ``python -m mlflow server`` on a free loopback port, with its own SQLite
+  store and artifact folder, stopped (its whole process group) at teardown.
+* ``closed_port``: a loopback port nothing listens on (for "tracking unreachable" tests).
+
+(``tests`` cannot be imported as a package here: a site-packages distribution ships its own
+top-level ``tests``, so shared helpers live in this conftest as fixtures.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+SERVER_START_TIMEOUT_S = 150  # the server imports FastAPI, MLflow and migrates SQLite: slow on a busy box
+
+
+def free_port() -> int:
+    """A loopback TCP port that was free a moment ago (bound, then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class MlflowServer:
+    """A running ``mlflow server`` subprocess: ``url``, its ``log`` file, ``get`` and ``stop``."""
+
+    def __init__(self, proc: subprocess.Popen, url: str, log: Path) -> None:
+        self.proc, self.url, self.log = proc, url, log
+
+    def get(self, endpoint: str, **params: Any) -> dict:
+        """GET ``/api/2.0/mlflow/<endpoint>?<params>`` and return the decoded JSON body."""
+        query = urllib.parse.urlencode(params)
+        with urllib.request.urlopen(f"{self.url}/api/2.0/mlflow/{endpoint}?{query}", timeout=10) as resp:
+            return json.loads(resp.read())
+
+    def wait_healthy(self, timeout_s: float = SERVER_START_TIMEOUT_S) -> None:
+        """Block until ``/health`` answers 200; fail the test if the server dies or times out."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self.proc.poll() is not None:
+                pytest.fail(f"mlflow server exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as resp:
+                    if resp.status == 200:
+                        return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"mlflow server not healthy after {timeout_s}s:\n{self.log.read_text()[-3000:]}")
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        """Terminate the server and every process it spawned (its own process group)."""
+        if self.proc.poll() is not None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=15)
+        except ProcessLookupError:
+            pass
+        # uvicorn's worker may outlive the parent for a moment; make sure the group is gone.
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def launch_mlflow_server(root: Path) -> MlflowServer:
+    """Start (without waiting for) an ``mlflow server`` storing everything under ``root``."""
+    root.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    log = root / "server.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # no background job workers in tests
+    cmd = [
+        sys.executable, "-m", "mlflow", "server",
+        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+        "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
+        "--artifacts-destination", str(root / "server-artifacts"),
+    ]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    return MlflowServer(proc, f"http://127.0.0.1:{port}", log)
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: Path) -> Iterator[MlflowServer]:
+    """A healthy ``mlflow server`` on loopback (stopping it mid-test is allowed)."""
+    server = launch_mlflow_server(tmp_path / "mlflow-server")
+    try:
+        server.wait_healthy()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def closed_port() -> int:
+    """A loopback port nothing listens on."""
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def mlflow_db_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from mlflow.tracking import MlflowClient
+
+    db = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{db}").search_experiments()  # creates + migrates
+    return db

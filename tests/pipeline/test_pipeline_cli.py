@@ -1,0 +1,123 @@
+"""``python -m kroncl.run`` as a user runs it: a small real run, bad overrides, a missing task.
+
+Each command is a fresh interpreter (~15-25 s of imports here), so the module fixture starts
+all of them at once and each test waits for its own.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED_DATA = Path(os.environ.get("KRONCL_SHARED_DATA") or REPO / ".." / "shared" / "data").resolve()
+SMALL = ["stream=toy", "model=tiny", "stream.max_train=48", "stream.max_test=24", "train.epochs=1",
+         "train.progress=false"]
+TIMEOUT_S = 400
+
+
+@dataclass
+class Cli:
+    proc: subprocess.Popen
+    run_dir: Path
+    runs_root: Path
+    stdout: str = ""
+    stderr: str = ""
+
+    def wait(self) -> Cli:
+        if self.proc.returncode is None:
+            self.stdout, self.stderr = self.proc.communicate(timeout=TIMEOUT_S)
+        return self
+
+
+def launch(tmp: Path, name: str, args: list[str], env: dict[str, str] | None = None) -> Cli:
+    run_dir, runs_root = tmp / name / "run", tmp / name / "runs"
+    cmd = [sys.executable, "-m", "kroncl.run", *args, f"paths.runs={runs_root}", f"hydra.run.dir={run_dir}"]
+    # cwd outside the repo: the installed package and its configs must be enough. One torch
+    # thread: see one_torch_thread in conftest.py.
+    proc = subprocess.Popen(cmd, cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+    return Cli(proc, run_dir, runs_root)
+
+
+@pytest.fixture(scope="module")
+def cli(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Cli]:
+    tmp = tmp_path_factory.mktemp("cli")
+    runs = {
+        "ok": launch(tmp, "ok", [*SMALL, "tracking=off", "registry=off"]),
+        "bad": launch(tmp, "bad", [*SMALL, "tracking=off", "registry=off", "train.lr=-1", "strategy.plugins=[nope]"]),
+    }
+    if any(item.name == "test_missing_hellaswag_fails_before_training" for item in request.session.items):
+        # An unreachable hub endpoint makes the answer the same with or without internet.
+        from socket import AF_INET, SOCK_STREAM, socket
+
+        with socket(AF_INET, SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        runs["commonsense"] = launch(
+            tmp, "commonsense",
+            ["stream=commonsense", "model=tiny", "tracking=off", "registry=off", f"data.dir={SHARED_DATA}"],
+            env={"HF_ENDPOINT": f"http://127.0.0.1:{port}", "KRONCL_HUB_TIMEOUT": "2"},
+        )
+    yield runs
+    for run in runs.values():
+        if run.proc.poll() is None:
+            run.proc.kill()
+            run.proc.communicate()
+
+
+def test_small_run_succeeds_and_prints_the_summary(cli):
+    run = cli["ok"].wait()
+    assert run.proc.returncode == 0, run.stderr[-3000:]
+    assert "Traceback" not in run.stderr
+    summary = (run.run_dir / "summary.txt").read_text()
+    assert summary in run.stdout
+    assert "== kroncl run: stream=toy model=tiny adapter=kron strategy=sequential" in summary
+    assert "accuracy matrix R[i][j]" in summary and "ACC " in summary and "BWT " in summary
+    assert f"run directory: {run.run_dir}" in summary
+    assert "MLflow" not in summary and "registry:" not in summary  # tracking=off registry=off
+
+    config = yaml.safe_load((run.run_dir / "config.yaml").read_text())
+    assert config["stream"]["max_train"] == 48 and config["model"]["name"] == "tiny"
+    assert config["paths"]["runs"] == str(run.runs_root)
+    assert yaml.safe_load((run.run_dir / ".hydra" / "overrides.yaml").read_text())[:2] == SMALL[:2]
+    for exp, task in enumerate(["toy_larger", "toy_smaller"]):
+        assert (run.run_dir / "adapters" / f"exp{exp}-{task}" / "fp32" / "adapter.safetensors").is_file()
+    assert (run.run_dir / "checkpoints" / "LATEST").is_file()
+    assert (run.run_dir / "metrics" / "accuracy_matrix.csv").is_file()
+    # tracking=off and registry=off write no stores
+    assert not (run.runs_root / "mlflow.db").exists() and not (run.runs_root / "registry.db").exists()
+    assert not (run.run_dir / "tracking").exists()
+
+
+def test_bad_overrides_exit_2_naming_every_key(cli):
+    run = cli["bad"].wait()
+    assert run.proc.returncode == 2, run.stdout[-2000:] + run.stderr[-2000:]
+    assert "Traceback" not in run.stderr + run.stdout
+    error = run.stderr[run.stderr.index("error: "):].splitlines()
+    assert error[0] == "error: invalid configuration:"
+    assert any(line.strip().startswith("- train.lr=-1 ") for line in error[1:])
+    assert any("strategy.plugins" in line and "'nope'" in line and "replay" in line for line in error[1:])
+    # rejected before anything ran
+    assert not (run.run_dir / "config.yaml").exists() and not (run.run_dir / "adapters").exists()
+
+
+@pytest.mark.integration
+def test_missing_hellaswag_fails_before_training(cli):
+    assert SHARED_DATA.is_dir(), f"shared data not found at {SHARED_DATA}; set KRONCL_SHARED_DATA"
+    run = cli["commonsense"].wait()
+    assert run.proc.returncode == 2, run.stdout[-2000:] + run.stderr[-2000:]
+    assert "Traceback" not in run.stderr + run.stdout
+    error = run.stderr[run.stderr.index("error: "):]
+    assert error.splitlines()[0].startswith("error: stream 'commonsense' cannot be built")
+    assert "hellaswag" in error.splitlines()[0]
+    for fix in ("point data.dir at a folder containing hellaswag/train.jsonl",
+                "stream.tasks=[piqa,winogrande,arc_easy,arc_challenge]"):
+        assert fix in error
+    assert "experience 0" not in run.stdout and not (run.run_dir / "adapters").exists()
