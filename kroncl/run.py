@@ -9,7 +9,6 @@ Examples::
 
 from __future__ import annotations
 
-import logging
 import sys
 
 import hydra
@@ -17,19 +16,22 @@ from omegaconf import DictConfig
 
 from kroncl.errors import KronclError
 
-log = logging.getLogger("kroncl")
-
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="config")
 def main(cfg: DictConfig) -> None:
-    # Imported here so `--help` and config errors answer before torch is loaded.
-    from pipelines.continual import run
+    from omegaconf import OmegaConf
+
+    from kroncl.config import load_settings
 
     try:
+        # Validate before importing the pipeline (avalanche-lib alone takes ~15 s to import),
+        # so a bad override is reported at once.
+        load_settings(OmegaConf.to_container(cfg, resolve=True))
+        from pipelines.continual import run
+
         run(cfg)
     except KronclError as exc:
         # A user-facing error: its message says what to change; a traceback would bury it.
-        log.error("%s: %s", type(exc).__name__, exc)
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
 

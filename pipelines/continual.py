@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from kroncl.adapters import (
@@ -245,6 +244,7 @@ def run_in(run_dir: Path, settings: RunSettings, resolved: dict[str, Any]) -> Ru
     # -- summary --------------------------------------------------------------------------------
     summary = matrix.summary()
     matrix.save(run_dir / "metrics")
+    tracker.log_accuracy_matrix(matrix)  # idempotent per step; covers resuming a finished run
     # Tracker.log_accuracy_matrix already logged final/{acc,bwt,fwt,forgetting} when the matrix
     # became complete; logging them again would put two points at the same step in MLflow.
     tracker.log_metrics({f"final/{k}": v for k, v in summary.items()
