@@ -191,7 +191,7 @@ def run_in(run_dir: Path, settings: RunSettings, resolved: dict[str, Any]) -> Ru
         }
         metrics = {"acc": matrix.get(index, index)}
         record["fp32_ref"] = registrar.register(task, fp32_dir, bits=32, metrics=metrics,
-                                                tensors=tensors, experience=index)
+                                                param_count=param_counts["adapter_set"], experience=index)
         if scheme is not None:
             packed, meta = quantize_tensors(tensors, scheme)
             q_dir = save_adapter(out / settings.quant.scheme, packed, adapter_cfg,
@@ -204,7 +204,7 @@ def run_in(run_dir: Path, settings: RunSettings, resolved: dict[str, Any]) -> Ru
             })
             record["quant_ref"] = registrar.register(
                 task, q_dir, bits=scheme.bits, metrics={**metrics, **prefixed(report.summary(), "")},
-                tensors=packed, experience=index, quantized_from=record["fp32_ref"])
+                param_count=param_counts["adapter_set"], experience=index, quantized_from=record["fp32_ref"])
             tracker.log_metrics({f"quant/{task}/delta_rel_error_mean": report.mean,
                                  f"quant/{task}/bytes_ratio": record["quant_bytes"] / record["fp32_bytes"]},
                                 step=index)

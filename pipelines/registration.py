@@ -38,9 +38,15 @@ def base_model_identity(model) -> tuple[str, str]:
         # Same name before and after injection: an adapted layer keeps its base as base_layer.
         digest.update(key.replace(".base_layer.", ".").encode())
         digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    source = str(model.config.name_or_path or model.config.name)
-    name = source if "/" in source and not Path(source).exists() else Path(source).name
-    return registry_name(name) if "/" not in name else name, digest.hexdigest()[:16]
+    cfg = model.config
+    source = str(cfg.name_or_path or cfg.name)
+    if cfg.name != "custom" and not Path(source).exists():
+        name = source  # a hub id such as distilbert-base-uncased or org/name
+    elif cfg.name != "custom":
+        name = cfg.name  # a preset shipped as a local folder (minilm, smollm2)
+    else:
+        name = source if "/" in source and not Path(source).exists() else Path(source).name
+    return (name if "/" in name else registry_name(name)), digest.hexdigest()[:16]
 
 
 @dataclass
@@ -89,7 +95,7 @@ class Registrar:
         *,
         bits: int,
         metrics: dict[str, float],
-        tensors: dict[str, torch.Tensor],
+        param_count: int,
         experience: int,
         quantized_from: str | None = None,
     ) -> str | None:
@@ -114,8 +120,7 @@ class Registrar:
             a_in=cfg.a_in if cfg.method == "kron" else None,
             r=cfg.r,
             alpha=float(cfg.alpha),
-            param_count=sum(t.numel() for k, t in tensors.items() if not k.endswith(".scales"))
-            if bits == 32 else None,
+            param_count=param_count,
             metrics=metrics,
             config={"adapter": cfg.to_dict(), "run": self.run_config},
             mlflow_run_id=self.mlflow_run_id,

@@ -70,7 +70,7 @@ def build_registry(root: Path, model_name: str, seed: int = 0):
                           {"model": node, "strategy": {"mode": "per_task"}})
     tensors = adapter_state_dict(model.backbone, "bench")
     folder = save_adapter(root / "adapter", tensors, cfg, base_model=base_name, extra={"task": "bench_task"})
-    ref = registrar.register("bench_task", folder, bits=32, metrics={}, tensors=tensors, experience=0)
+    ref = registrar.register("bench_task", folder, bits=32, metrics={}, param_count=sum(t.numel() for t in tensors.values()), experience=0)
     model.eval()
     return store, ref, model
 

@@ -135,11 +135,11 @@ def _train_and_register(tmp_path_factory: pytest.TempPathFactory) -> Trained:
         folder = save_adapter(root / "out" / task / "fp32", tensors, KRON, base_model=base_name,
                               extra={"task": task, "experience": i, "adapter_set": name})
         metrics = {"acc": _acc(model, splits.test)}
-        out.refs[task] = registrar.register(task, folder, bits=32, metrics=metrics, tensors=tensors, experience=i)
+        out.refs[task] = registrar.register(task, folder, bits=32, metrics=metrics, param_count=sum(t.numel() for t in tensors.values()), experience=i)
         packed, meta = quantize_tensors(tensors, "int8")
         q = save_adapter(root / "out" / task / "int8", packed, KRON, base_model=base_name,
                          extra={"quantization": meta, "task": task, "experience": i})
-        out.refs[f"{task}@int8"] = registrar.register(task, q, bits=8, metrics=metrics, tensors=packed,
+        out.refs[f"{task}@int8"] = registrar.register(task, q, bits=8, metrics=metrics, param_count=sum(t.numel() for t in tensors.values()),
                                                       experience=i, quantized_from=out.refs[task])
 
     # A LoRA adapter on the same base model (random non-zero factors: only its method matters).
@@ -157,7 +157,7 @@ def _train_and_register(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     lora_tensors = adapter_state_dict(lora_model.backbone, "lora")
     folder = save_adapter(root / "out" / "lora", lora_tensors, lora_cfg, base_model=base_name,
                           extra={"task": "toy_smaller"})
-    out.refs["lora"] = lora_registrar.register("toy_smaller", folder, bits=32, metrics={}, tensors=lora_tensors,
+    out.refs["lora"] = lora_registrar.register("toy_smaller", folder, bits=32, metrics={}, param_count=sum(t.numel() for t in lora_tensors.values()),
                                                experience=1)
     out.lora_model = lora_model
     return out
