@@ -6,6 +6,9 @@
 * ``mlflow_server``: ``python -m mlflow server`` on a free loopback port, with its own SQLite
   store and artifact folder, stopped (its whole process group) at teardown.
 * ``closed_port``: a loopback port nothing listens on (for "tracking unreachable" tests).
+* ``shared_data``: the real offline datasets in ``../shared/data`` (or ``$KRONCL_SHARED_DATA``).
+* ``closed_hub`` / ``hanging_hub`` / ``answering_hub``: stand-in Hugging Face endpoints on
+  127.0.0.1 only (refused at once; accepts and never answers; answers HEAD with 200).
 
 (``tests`` cannot be imported as a package here: a site-packages distribution ships its own
 top-level ``tests``, so shared helpers live in this conftest as fixtures.)
@@ -19,14 +22,20 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
+import datasets.config
+import huggingface_hub.constants
 import pytest
+
+from kroncl.data import hub as hub_module
 
 SERVER_START_TIMEOUT_S = 150  # the server imports FastAPI, MLflow and migrates SQLite: slow on a busy box
 
@@ -127,3 +136,72 @@ def mlflow_db_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     db = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
     MlflowClient(tracking_uri=f"sqlite:///{db}").search_experiments()  # creates + migrates
     return db
+
+
+def shared_data_dir() -> Path:
+    env = os.environ.get("KRONCL_SHARED_DATA")
+    return Path(env) if env else (Path(__file__).resolve().parents[1].parent / "shared" / "data").resolve()
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    folder = shared_data_dir()
+    assert (folder / "arc_challenge" / "train.jsonl").is_file(), f"offline data not found at {folder}; set KRONCL_SHARED_DATA"
+    return folder
+
+
+def _online_mode(monkeypatch: pytest.MonkeyPatch, endpoint: str) -> None:
+    """Point the HF libraries at ``endpoint`` in online mode, with a 1 s probe timeout."""
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
+    monkeypatch.setenv("KRONCL_HUB_TIMEOUT", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    hub_module._probe.cache_clear()
+
+
+@pytest.fixture
+def closed_hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A hub endpoint on a loopback port nobody listens on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    endpoint = f"http://127.0.0.1:{port}"
+    _online_mode(monkeypatch, endpoint)
+    yield endpoint
+    hub_module._probe.cache_clear()
+
+
+@pytest.fixture
+def hanging_hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A hub endpoint that accepts TCP connections and never answers."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    endpoint = f"http://127.0.0.1:{server.getsockname()[1]}"
+    _online_mode(monkeypatch, endpoint)
+    yield endpoint
+    server.close()
+    hub_module._probe.cache_clear()
+
+
+class _Ok(BaseHTTPRequestHandler):
+    def do_HEAD(self) -> None:  # noqa: N802 - http.server's naming
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def answering_hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A hub endpoint that answers HEAD with 200."""
+    server = HTTPServer(("127.0.0.1", 0), _Ok)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+    _online_mode(monkeypatch, endpoint)
+    yield endpoint
+    server.shutdown()
+    server.server_close()
+    hub_module._probe.cache_clear()
