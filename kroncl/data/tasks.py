@@ -106,7 +106,20 @@ def resolve_source(name: str, data_dir: str | Path | None = None) -> TaskSource:
         reason = hub_unreachable_reason()
         if reason is not None:
             raise TaskUnavailableError(name, reason, _unavailable_message(name, spec, root, reason))
+    elif not _in_local_hf_cache(spec.hub_path):
+        reason = f"HF_HUB_OFFLINE is set and {spec.hub_path} is not in the local Hugging Face cache"
+        raise TaskUnavailableError(name, reason, _unavailable_message(name, spec, root, reason))
     return TaskSource(name=name, kind="hub", spec=spec)
+
+
+def _in_local_hf_cache(hub_path: str) -> bool:
+    """Whether hub or datasets caches hold anything of ``hub_path`` (offline mode can only use those)."""
+    import datasets.config
+    import huggingface_hub.constants
+
+    hub_dir = Path(huggingface_hub.constants.HF_HUB_CACHE) / f"datasets--{hub_path.replace('/', '--')}"
+    datasets_dir = Path(datasets.config.HF_DATASETS_CACHE) / hub_path.replace("/", "___")
+    return hub_dir.is_dir() or datasets_dir.is_dir()
 
 
 def _unavailable_message(name: str, spec: TaskSpec, root: Path | None, reason: str) -> str:

@@ -163,3 +163,21 @@ def test_offline_mode_hub_task_fails_fast(monkeypatch, tmp_path):
     assert time.monotonic() - start < 10
     msg = str(info.value)
     assert "allenai/ai2_arc" in msg and "data.dir" in msg and "HF_HUB_OFFLINE" in msg
+
+
+def test_offline_mode_without_a_cached_copy_names_the_task_and_the_fixes(monkeypatch, tmp_path):
+    import datasets.config
+    import huggingface_hub.constants
+
+    from kroncl.data import DataError, StreamConfig, build_stream
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "datasets"))
+    with pytest.raises(DataError) as info:
+        build_stream(StreamConfig(name="s", tasks=["toy_larger", "hellaswag"]))
+    msg = str(info.value)
+    assert "hellaswag" in msg and "not in the local Hugging Face cache" in msg
+    assert "stream.tasks=[toy_larger]" in msg
