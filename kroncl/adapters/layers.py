@@ -99,6 +99,17 @@ class AdapterLinear(nn.Module):
         self._original_bias: Tensor | None = None
 
     # --- factor family hooks -------------------------------------------------------------
+    def _start(self, adapter_name: str | None) -> None:
+        """Create and activate the first set (subclasses call this at the end of __init__)."""
+        if adapter_name is not None:
+            self.add_adapter(adapter_name)
+            self.active_adapter = adapter_name
+
+    def _factor_dtype_device(self) -> tuple[torch.dtype, torch.device]:
+        """Factors follow the base weight's dtype and device (float32 for a non-float base)."""
+        w = self.base_layer.weight
+        return (w.dtype if w.is_floating_point() else torch.float32), w.device
+
     def _new_factors(self) -> nn.Module:
         raise NotImplementedError
 
@@ -288,14 +299,11 @@ class KronLoRALinear(AdapterLinear):
         self.r = r
         self.alpha = alpha
         self.scale = alpha / r
-        if adapter_name is not None:
-            self.add_adapter(adapter_name)
-            self.active_adapter = adapter_name
+        self._start(adapter_name)
 
     def _new_factors(self) -> KronFactors:
-        w = self.base_layer.weight
-        dtype = w.dtype if w.is_floating_point() else torch.float32
-        return KronFactors(self.shape, self.r, dtype, w.device)
+        dtype, device = self._factor_dtype_device()
+        return KronFactors(self.shape, self.r, dtype, device)
 
     def _delta_forward(self, x: Tensor, f: nn.Module, out: Tensor) -> Tensor:
         x = x.to(f.A.dtype)
@@ -322,14 +330,11 @@ class LoRALinear(AdapterLinear):
         self.r = r
         self.alpha = alpha
         self.scale = alpha / r
-        if adapter_name is not None:
-            self.add_adapter(adapter_name)
-            self.active_adapter = adapter_name
+        self._start(adapter_name)
 
     def _new_factors(self) -> LoRAFactors:
-        w = self.base_layer.weight
-        dtype = w.dtype if w.is_floating_point() else torch.float32
-        return LoRAFactors(self.out_features, self.in_features, self.r, dtype, w.device)
+        dtype, device = self._factor_dtype_device()
+        return LoRAFactors(self.out_features, self.in_features, self.r, dtype, device)
 
     def _delta_forward(self, x: Tensor, f: nn.Module, out: Tensor) -> Tensor:
         x = x.to(f.A.dtype)
@@ -351,14 +356,11 @@ class DenseDeltaLinear(AdapterLinear):
         self, base_layer: nn.Linear, dropout: float = 0.0, layer_name: str = "", adapter_name: str | None = "default"
     ) -> None:
         super().__init__(base_layer, layer_name=layer_name, dropout=dropout)
-        if adapter_name is not None:
-            self.add_adapter(adapter_name)
-            self.active_adapter = adapter_name
+        self._start(adapter_name)
 
     def _new_factors(self) -> DenseDeltaFactors:
-        w = self.base_layer.weight
-        dtype = w.dtype if w.is_floating_point() else torch.float32
-        return DenseDeltaFactors(self.out_features, self.in_features, dtype, w.device)
+        dtype, device = self._factor_dtype_device()
+        return DenseDeltaFactors(self.out_features, self.in_features, dtype, device)
 
     def _delta_forward(self, x: Tensor, f: nn.Module, out: Tensor) -> Tensor:
         return out + F.linear(x.to(f.weight.dtype), f.weight, f.bias).to(out.dtype)
