@@ -3,6 +3,7 @@
 - :class:`AccuracyCollector` — our own per-experience test accuracy, the source of the
   accuracy matrix (avalanche-lib's ``AccuracyMatrixPluginMetric`` crashes on the evaluation
   before any training that forward transfer needs).
+- :class:`ChoiceLwFPlugin` — avalanche-lib's LwF, distilling only the choice columns a batch has.
 - :class:`DictEWCPlugin` — avalanche-lib's EWC with importances computed on dict batches and
   only over trainable parameters (its own ``compute_importances`` unpacks tuple batches and
   stores a copy of every frozen base weight).
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import torch
 from avalanche.training.plugins import EWCPlugin, LwFPlugin, ReplayPlugin, SupervisedPlugin
+from avalanche.training.regularization import LearningWithoutForgetting
 from avalanche.training.utils import ParamData
 from torch.utils.data import DataLoader
 
@@ -42,6 +44,28 @@ class AccuracyCollector(SupervisedPlugin):
     def after_eval_exp(self, strategy, **kwargs) -> None:
         exp = int(strategy.experience.current_experience)
         self.results[exp] = self._correct / self._total if self._total else float("nan")
+
+
+class ChoiceLwF(LearningWithoutForgetting):
+    """LwF over choice scores: distils only the choice columns a batch actually has.
+
+    avalanche-lib distils over every label value seen in earlier tasks; with multiple choice a
+    label value is a choice index, and a batch whose questions have fewer choices (ARC mixes 3-5)
+    has fewer score columns. Padded columns score -1e9 in both models, so dropping the missing
+    ones changes nothing else.
+    """
+
+    def _distillation_loss(self, out, prev_out, active_units):
+        present = [u for u in active_units if u < min(out.shape[1], prev_out.shape[1])]
+        return super()._distillation_loss(out, prev_out, present)
+
+
+class ChoiceLwFPlugin(LwFPlugin):
+    """avalanche-lib's LwF plugin with :class:`ChoiceLwF` as its regulariser."""
+
+    def __init__(self, alpha: float = 1.0, temperature: float = 2.0) -> None:
+        super().__init__(alpha=alpha, temperature=temperature)
+        self.lwf = ChoiceLwF(alpha, temperature)
 
 
 class DictEWCPlugin(EWCPlugin):
@@ -149,7 +173,7 @@ def build_plugins(cfg: StrategyConfig, adapter_sets) -> list[SupervisedPlugin]:
     if "replay" in cfg.plugins:
         plugins.append(ReplayPlugin(mem_size=cfg.replay_mem_size))
     if "lwf" in cfg.plugins:
-        plugins.append(LwFPlugin(alpha=cfg.lwf_alpha, temperature=cfg.lwf_temperature))
+        plugins.append(ChoiceLwFPlugin(alpha=cfg.lwf_alpha, temperature=cfg.lwf_temperature))
     if "ewc" in cfg.plugins:
         plugins.append(DictEWCPlugin(ewc_lambda=cfg.ewc_lambda))
     if cfg.mode == "orthogonal":

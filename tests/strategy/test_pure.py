@@ -97,3 +97,15 @@ def test_newer_checkpoint_replaces_older_and_latest_points_at_it(tmp_path):
 def test_no_checkpoint_means_none(tmp_path):
     assert load_checkpoint(tmp_path) is None
     assert math.isfinite(lr_multiplier(0, 1, 0, "linear"))
+
+
+def test_lwf_distils_only_the_choice_columns_a_batch_has():
+    from kroncl.strategy.plugins import ChoiceLwF
+
+    lwf = ChoiceLwF(alpha=1.0, temperature=2.0)
+    out, prev = torch.randn(3, 4), torch.randn(3, 4)
+    # Earlier task had 5-choice questions (label 4 seen); this batch has 4 columns.
+    loss = lwf._distillation_loss(out, prev, {0, 1, 2, 3, 4})
+    assert torch.isfinite(loss)
+    assert loss.item() == pytest.approx(lwf._distillation_loss(out, prev, {0, 1, 2, 3}).item())
+    assert lwf._distillation_loss(out, out.clone(), {0, 1, 2, 3, 4}).item() == pytest.approx(0.0, abs=1e-6)
