@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -48,7 +47,7 @@ from kroncl.errors import KronclError
 from kroncl.models import ModelConfig, build_model
 from pipelines.registration import base_model_identity, registry_name
 from registry import MERGED_FROM, AdapterVersion, HashMismatch, RegistryError, RegistryStore, parse_ref
-from registry.db import ENV_ARTIFACT_ROOT, default_artifact_root, default_url, sqlite_file
+from registry.db import default_artifact_root, default_url
 
 EXIT_ERROR = 2
 COMPOSITION_KIND = "task_arithmetic"
@@ -86,17 +85,10 @@ class Composition:
 
 
 def open_store(url: str | None = None, artifacts: str | Path | None = None) -> RegistryStore:
-    """The registry at ``url`` (default ``$KRONCL_REGISTRY_URL``).
-
-    Artifacts default to ``$KRONCL_ARTIFACT_ROOT``; else, for SQLite, ``registry_artifacts/``
-    beside the database when it exists (where ``kroncl.run`` writes them), else the registry's
-    own default (``artifacts/`` beside the database).
-    """
+    """The registry at ``url`` (default ``$KRONCL_REGISTRY_URL``); artifacts default to the
+    registry's own default (``$KRONCL_ARTIFACT_ROOT``, else ``registry_artifacts/`` beside a
+    SQLite file: where ``kroncl.run`` writes them)."""
     url = url or default_url()
-    if artifacts is None and not os.environ.get(ENV_ARTIFACT_ROOT):
-        db = sqlite_file(url)
-        if db is not None and (db.resolve().parent / "registry_artifacts").is_dir():
-            artifacts = db.resolve().parent / "registry_artifacts"
     return RegistryStore(url, artifacts if artifacts is not None else default_artifact_root(url))
 
 
@@ -520,7 +512,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--registry-url", default=None, help="registry database URL (default: $KRONCL_REGISTRY_URL or "
                    "sqlite:///runs/registry.db)")
     g.add_argument("--artifacts", default=None, metavar="DIR", help="artifact root (default: $KRONCL_ARTIFACT_ROOT, "
-                   "else registry_artifacts/ or artifacts/ beside the SQLite file)")
+                   "else registry_artifacts/ beside the SQLite file)")
     g.add_argument("--task", action="append", default=[], help="add the newest version of TASK (repeatable)")
     g.add_argument("--bits", type=int, choices=(32, 16, 8, 4), help="only versions of this precision")
     g.add_argument("--base-model", help="registry base model, when a task has versions on several")

@@ -54,8 +54,8 @@ def format_summary(result, *, settings, param_counts: dict[str, int], tracker, r
             line += "  registry: " + ", ".join(refs)
         out.append(line)
     if registry_url:
-        # --artifacts always: the run's artifact root is not the CLI's default (artifacts/ beside
-        # the SQLite file), and without it `show`/`verify` look in the wrong folder.
+        # --artifacts always: a run may store artifacts elsewhere than the CLI's default
+        # (registry.artifacts=...), and without it `show`/`verify` would look in the wrong folder.
         cli = f"python -m registry --url {registry_url}"
         if registry_artifacts:
             cli += f" --artifacts {registry_artifacts}"

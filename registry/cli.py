@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--artifacts",
         default=argparse.SUPPRESS,
         metavar="DIR",
-        help=f"artifact root (default: ${ENV_ARTIFACT_ROOT} or artifacts/ beside the SQLite file)",
+        help=f"artifact root (default: ${ENV_ARTIFACT_ROOT} or registry_artifacts/ beside the SQLite file)",
     )
     common.add_argument(
         "--json", action="store_true", default=argparse.SUPPRESS, help="JSON output"

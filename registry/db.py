@@ -65,7 +65,7 @@ def default_artifact_root(url: str) -> Path:
             f"no artifact root for registry URL {safe_url(url)!r}: pass artifact_root= "
             f"(CLI: --artifacts DIR) or set {ENV_ARTIFACT_ROOT}"
         )
-    return db_file.resolve().parent / "artifacts"
+    return db_file.resolve().parent / "registry_artifacts"
 
 
 def make_engine(url: str, *, echo: bool = False) -> Engine:

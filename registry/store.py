@@ -111,7 +111,7 @@ class RegistryStore:
     Args:
         url: SQLAlchemy URL; default ``$KRONCL_REGISTRY_URL`` or ``sqlite:///runs/registry.db``.
         artifact_root: directory for artifacts; default ``$KRONCL_ARTIFACT_ROOT`` or
-            ``artifacts/`` beside the SQLite file.
+            ``registry_artifacts/`` beside the SQLite file.
         auto_upgrade: migrate an empty or older database to this code's schema on open.
         echo: log SQL.
 

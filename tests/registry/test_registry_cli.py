@@ -54,7 +54,7 @@ def reg(tmp_path: Path) -> tuple[str, RegistryStore]:
     """arc-kron:1 <-continued_from- arc-kron:2 <-quantized_from- q4:1 (artifacts beside the db)."""
     url = f"sqlite:///{tmp_path / 'reg.db'}"
     store = RegistryStore(url)  # default artifact root: beside the SQLite file
-    assert store.artifacts.root == (tmp_path / "artifacts").resolve()
+    assert store.artifacts.root == (tmp_path / "registry_artifacts").resolve()
     store.register_base_model("org/tiny-bert", revision="rev1")
     store.register_task("arc-easy")
     store.register_adapter("arc-kron", "arc-easy", "org/tiny-bert")
