@@ -23,6 +23,7 @@ from kroncl.adapters import (
     AdapterConfig,
     adapter_names,
     adapter_state_dict,
+    add_adapter,
     count_adapter_parameters,
     inject_adapters,
     load_adapter_state_dict,
@@ -115,8 +116,6 @@ def run_in(run_dir: Path, settings: RunSettings, resolved: dict[str, Any]) -> Ru
         sets = AdapterSets.from_state_dict(checkpoint.state["adapter_sets"])
         for name, tensors in checkpoint.adapters.items():
             if name not in adapter_names(model.backbone):
-                from kroncl.adapters import add_adapter
-
                 add_adapter(model.backbone, name)
             load_adapter_state_dict(model.backbone, tensors, name)
         matrix = AccuracyMatrix.from_dict(checkpoint.state["accuracy_matrix"])
