@@ -121,12 +121,6 @@ def run_in(run_dir: Path, settings: RunSettings, resolved: dict[str, Any]) -> Ru
         matrix = AccuracyMatrix.from_dict(checkpoint.state["accuracy_matrix"])
         start = checkpoint.next_experience
         log.info("resuming %s at experience %d of %d", run_dir, start, len(tasks))
-        if settings.strategy.plugins:
-            raise ConfigError(
-                f"resume with strategy.plugins={settings.strategy.plugins} is not supported: "
-                "their state (replay buffer, EWC importances, LwF teacher) is not checkpointed. "
-                "Start a new run, or resume without plugins."
-            )
 
     # -- tracking -------------------------------------------------------------------------------
     tracker = Tracker.from_config(settings.tracking, run_dir, runs_root=settings.runs_root)
@@ -202,7 +196,7 @@ def run_in(run_dir: Path, settings: RunSettings, resolved: dict[str, Any]) -> Ru
                 "quant_scheme": settings.quant.scheme, "delta_rel_error": report.summary(),
             })
             record["quant_ref"] = registrar.register(
-                task, q_dir, bits=scheme.bits, metrics={**metrics, **prefixed(report.summary(), "")},
+                task, q_dir, bits=scheme.bits, metrics={**metrics, **report.summary()},
                 param_count=param_counts["adapter_set"], experience=index, quantized_from=record["fp32_ref"])
             tracker.log_metrics({f"quant/{task}/delta_rel_error_mean": report.mean,
                                  f"quant/{task}/bytes_ratio": record["quant_bytes"] / record["fp32_bytes"]},
@@ -216,7 +210,8 @@ def run_in(run_dir: Path, settings: RunSettings, resolved: dict[str, Any]) -> Ru
         save_checkpoint(
             run_dir,
             index + 1,
-            {n: adapter_state_dict(model.backbone, n) for n in adapter_names(model.backbone)},
+            {n: tensors if n == name else adapter_state_dict(model.backbone, n)
+             for n in adapter_names(model.backbone)},
             {
                 "config": result_cfg,
                 "config_hash": cfg_hash,
@@ -266,10 +261,6 @@ def run_in(run_dir: Path, settings: RunSettings, resolved: dict[str, Any]) -> Ru
         indent=2, default=str))
     print(text)
     return result
-
-
-def prefixed(d: dict[str, Any], prefix: str) -> dict[str, float]:
-    return {f"{prefix}{k}": float(v) for k, v in d.items() if isinstance(v, (int, float))}
 
 
 def resolve_run_dir(settings: RunSettings, explicit: Path | None) -> Path:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,9 +61,8 @@ class Registrar:
     model_tag: str
     mlflow_run_id: str | None
     run_config: dict[str, Any]
-    last_ref: dict[str, str] = field(default_factory=dict)
-    """Task -> newest fp32 version ref of this run (the next experience continues from it)."""
     previous: str | None = None
+    """Newest fp32 version ref of this run: the next experience's version continues from it."""
 
     @classmethod
     def from_config(cls, settings, model, adapter_cfg: AdapterConfig, mlflow_run_id: str | None) -> Registrar:
@@ -83,10 +82,9 @@ class Registrar:
 
     def restore(self, state: dict[str, Any]) -> None:
         self.previous = state.get("previous")
-        self.last_ref = dict(state.get("last_ref", {}))
 
     def state(self) -> dict[str, Any]:
-        return {"previous": self.previous, "last_ref": dict(self.last_ref)}
+        return {"previous": self.previous}
 
     def register(
         self,
@@ -131,5 +129,4 @@ class Registrar:
         ref = f"{version.adapter}:{version.number}"
         if quantized_from is None:
             self.previous = ref
-            self.last_ref[task] = ref
         return ref

@@ -109,3 +109,20 @@ def test_lwf_distils_only_the_choice_columns_a_batch_has():
     assert torch.isfinite(loss)
     assert loss.item() == pytest.approx(lwf._distillation_loss(out, prev, {0, 1, 2, 3}).item())
     assert lwf._distillation_loss(out, out.clone(), {0, 1, 2, 3, 4}).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_resume_with_plugins_is_refused_when_the_config_is_validated():
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from kroncl.config import load_settings
+
+    configs = Path(__file__).resolve().parents[2] / "configs"
+    with initialize_config_dir(config_dir=str(configs), version_base="1.3"):
+        refused = compose("config", overrides=["resume=true", "strategy.plugins=[replay]"])
+        fine = compose("config", overrides=["resume=true"])
+    with pytest.raises(ConfigError, match=r"resume=True with strategy\.plugins=\['replay'\] is not supported"):
+        load_settings(OmegaConf.to_container(refused, resolve=True))
+    assert load_settings(OmegaConf.to_container(fine, resolve=True)).resume is True
