@@ -25,7 +25,6 @@ from kroncl.adapters import (
     adapter_state_dict,
     add_adapter,
     count_adapter_parameters,
-    inject_adapters,
     load_adapter_state_dict,
     save_adapter,
 )
@@ -91,9 +90,8 @@ def run_in(run_dir: Path, settings: RunSettings, resolved: dict[str, Any]) -> Ru
     model = build_model(settings.model)
     adapter_cfg = complete_adapter_config(settings.adapter, model)
     sets = AdapterSets(settings.strategy.mode)
-    first = sets.name_for(0)
-    replaced = inject_adapters(model.backbone, adapter_cfg, adapter_name=first)
-    sets.current = first
+    replaced = sets.inject(model.backbone, adapter_cfg)
+    first = sets.current
     param_counts = {
         "base": sum(p.numel() for p in model.parameters() if not p.requires_grad),
         "adapter_set": count_adapter_parameters(model.backbone, first),

@@ -344,7 +344,7 @@ def train_adapter(tasks, method: str, settings: BenchSettings, log=print) -> Tra
     initialisation all come from ``settings`` (fp32 throughout, so quantization is the only
     source of difference in what follows).
     """
-    from kroncl.adapters import AdapterConfig, inject_adapters
+    from kroncl.adapters import AdapterConfig
     from kroncl.config import TrainConfig
     from kroncl.data import make_benchmark
     from kroncl.models import ModelConfig, build_model
@@ -359,9 +359,8 @@ def train_adapter(tasks, method: str, settings: BenchSettings, log=print) -> Tra
     adapter_cfg = AdapterConfig(r=settings.r, alpha=settings.alpha, targets=list(model.default_targets),
                                 head_targets=list(model.head_modules), **shape).validate()
     sets = AdapterSets("sequential")
-    trained = sets.name_for(0)
-    inject_adapters(model.backbone, adapter_cfg, adapter_name=trained)
-    sets.current = trained
+    sets.inject(model.backbone, adapter_cfg)
+    trained = sets.current
     benchmark = make_benchmark(tasks, model)
     recorder = prediction_recorder()
     train_cfg = TrainConfig(epochs=settings.epochs, batch_size=settings.batch_size,

@@ -21,8 +21,10 @@ import torch
 from torch import nn
 
 from kroncl.adapters import (
+    AdapterConfig,
     adapter_names,
     add_adapter,
+    inject_adapters,
     set_active_adapter,
     set_requires_grad,
 )
@@ -48,6 +50,17 @@ class AdapterSets:
 
     def name_for(self, experience: int) -> str:
         return f"task{experience}" if self.per_task else "stream"
+
+    def inject(self, model: nn.Module, cfg: AdapterConfig) -> list[str]:
+        """Inject the first experience's set into ``model`` and make it current.
+
+        Returns:
+            The replaced module paths (see :func:`kroncl.adapters.inject_adapters`).
+        """
+        name = self.name_for(0)
+        replaced = inject_adapters(model, cfg, adapter_name=name)
+        self.current = name
+        return replaced
 
     def begin_experience(self, model: nn.Module, experience: int) -> str:
         """Create (per task) and activate the set that trains on ``experience``; freeze the rest."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kroncl.adapters import AdapterConfig, inject_adapters
+from kroncl.adapters import AdapterConfig
 from kroncl.config import StrategyConfig, TrainConfig
 from kroncl.data import StreamConfig, build_stream, make_benchmark
 from kroncl.metrics import AccuracyMatrix
@@ -26,8 +26,7 @@ def make_strategy(tasks, mode="sequential", plugins=(), model_name="tiny", metho
     sets = AdapterSets(mode)
     cfg = AdapterConfig(method=method, a_out=2, a_in=2, r=4, alpha=8.0,
                         targets=model.default_targets, head_targets=model.head_modules)
-    inject_adapters(model.backbone, cfg, adapter_name=sets.name_for(0))
-    sets.current = sets.name_for(0)
+    sets.inject(model.backbone, cfg)
     strategy_cfg = StrategyConfig(mode=mode, plugins=list(plugins), replay_mem_size=32,
                                   orthogonal_lambda=orthogonal_lambda)
     train = TrainConfig(epochs=epochs, batch_size=16, eval_batch_size=64, lr=lr, progress=False,
