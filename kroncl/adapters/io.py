@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from torch import Tensor
 
 from kroncl.adapters.config import AdapterConfig
 from kroncl.errors import AdapterConfigError, AdapterLoadError
+from kroncl.fileio import atomic_write
 
 __all__ = ["FORMAT_VERSION", "WEIGHTS_NAME", "CONFIG_NAME", "LoadedAdapter", "save_adapter", "load_adapter"]
 
@@ -49,18 +49,6 @@ class LoadedAdapter:
     tensors: dict[str, Tensor]
     config: AdapterConfig
     meta: dict[str, Any] = field(default_factory=dict)
-
-
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save_adapter(
@@ -100,8 +88,8 @@ def save_adapter(
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    _atomic_write(out / WEIGHTS_NAME, lambda p: save_file(flat, p, metadata={"format": "pt"}))
-    _atomic_write(out / CONFIG_NAME, lambda p: Path(p).write_text(text + "\n"))
+    atomic_write(out / WEIGHTS_NAME, lambda p: save_file(flat, p, metadata={"format": "pt"}))
+    atomic_write(out / CONFIG_NAME, lambda p: Path(p).write_text(text + "\n"))
     return out
 
 

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from kroncl.adapters.config import AdapterConfig
 from kroncl.adapters.inject import adapter_layers, inject_adapters, load_adapter_state_dict
-from kroncl.adapters.io import _atomic_write
+from kroncl.fileio import atomic_write
 from kroncl.adapters.layers import DenseDeltaLinear, KronLoRALinear
 from kroncl.errors import AdapterConfigError, AdapterLoadError
 
@@ -135,8 +135,8 @@ def export_peft_lokr(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     flat = {k: v.contiguous().cpu() for k, v in tensors.items()}
-    _atomic_write(out / PEFT_WEIGHTS_NAME, lambda f: save_file(flat, f, metadata={"format": "pt"}))
-    _atomic_write(out / PEFT_CONFIG_NAME, lambda f: Path(f).write_text(json.dumps(doc, indent=2, sort_keys=True)))
+    atomic_write(out / PEFT_WEIGHTS_NAME, lambda f: save_file(flat, f, metadata={"format": "pt"}))
+    atomic_write(out / PEFT_CONFIG_NAME, lambda f: Path(f).write_text(json.dumps(doc, indent=2, sort_keys=True)))
     return out
 
 

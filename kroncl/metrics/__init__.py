@@ -38,7 +38,6 @@ from kroncl.metrics.matrix import (
     MATRIX_JSON,
     METRICS_JSON,
     AccuracyMatrix,
-    atomic_write_text,
 )
 from kroncl.metrics.summary import SCALAR_KEYS, metrics_over_time, summarize
 
@@ -48,7 +47,6 @@ __all__ = [
     "MATRIX_JSON",
     "METRICS_JSON",
     "SCALAR_KEYS",
-    "atomic_write_text",
     "average_accuracy",
     "avalanche_bwt",
     "avalanche_bwt_per_task",

@@ -7,28 +7,16 @@ state, so they work in headless jobs and never open a window.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 
 from matplotlib.figure import Figure
 
+from kroncl.fileio import atomic_write
 from kroncl.metrics import AccuracyMatrix
 
 
 def _save_png(fig: Figure, path: Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight"))
 
 def plot_accuracy_heatmap(matrix: AccuracyMatrix, path: str | Path, title: str | None = None) -> Path:
     """Annotated heatmap of the accuracy matrix.

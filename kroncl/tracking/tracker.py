@@ -32,7 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from kroncl.metrics import AccuracyMatrix, atomic_write_text
+from kroncl.fileio import atomic_write_text
+from kroncl.metrics import AccuracyMatrix
 from kroncl.tracking.names import (
     MAX_METRICS_PER_BATCH,
     MAX_PARAMS_PER_BATCH,
