@@ -30,6 +30,7 @@ from safetensors.torch import load_file, save_file
 
 from kroncl.config import diff_configs
 from kroncl.errors import ConfigError, KronclError
+from kroncl.fileio import atomic_write_text
 
 FORMAT_VERSION = 1
 SEPARATOR = "::"
@@ -104,9 +105,7 @@ def save_checkpoint(
     if final.exists():  # left by a run killed between the rename and LATEST
         shutil.rmtree(final)
     os.replace(tmp, final)
-    latest_tmp = root / f".LATEST.tmp-{os.getpid()}"
-    _fsync_write(latest_tmp, final.name.encode())
-    os.replace(latest_tmp, root / "LATEST")
+    atomic_write_text(root / "LATEST", final.name)
     for old in root.glob("exp-*"):  # keep the newest two: cheap insurance, bounded disk
         if old.name < final.name and old.name != _previous_name(final.name):
             shutil.rmtree(old, ignore_errors=True)
