@@ -8,10 +8,18 @@ Layout under a run directory::
                                       bookkeeping, RNG states, config and its hash
       LATEST                          name of the newest complete checkpoint
 
-A checkpoint directory is written under a temporary name and renamed into place, and LATEST is
-replaced atomically after it, so a run killed at any instant leaves either the previous or the
-new checkpoint, never a half-written one. (avalanche-lib's own checkpointing pickles the whole
-strategy, which fails under current dill and is refused by torch >= 2.6's loader.)
+A checkpoint directory is written under a temporary name (``.exp-0000.tmp-<pid>``), every file
+fsynced, renamed into place, and LATEST is replaced atomically after it, so a run killed at any
+instant leaves either the previous or the new checkpoint, never a half-written one; temporary
+folders of dead writers are swept on the next save or load. (avalanche-lib's own checkpointing
+pickles the whole strategy, which fails under current dill and is refused by torch >= 2.6's
+loader.)
+
+Besides the adapter sets, a checkpoint carries named *state tensors* (plugin state such as EWC
+importances, the LwF teacher's adapters) under keys ``__state__::<name>``.
+
+Loading a checkpoint has no side effects: the RNG states it saved are restored only by an
+explicit :meth:`Checkpoint.restore_rng`.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,10 +39,14 @@ from safetensors.torch import load_file, save_file
 
 from kroncl.config import diff_configs
 from kroncl.errors import ConfigError, KronclError
-from kroncl.fileio import atomic_write_text
+from kroncl.faults import fault_point
+from kroncl.fileio import atomic_write_text, fsync_dir, pid_alive
 
 FORMAT_VERSION = 1
 SEPARATOR = "::"
+RNG_KEY = f"__rng__{SEPARATOR}torch"
+STATE_PREFIX = f"__state__{SEPARATOR}"
+_TMP_NAME = re.compile(r"^\.exp-\d+\.tmp-(?P<pid>\d+)$")
 
 
 class CheckpointError(KronclError):
@@ -47,6 +60,14 @@ class Checkpoint:
     adapters: dict[str, dict[str, torch.Tensor]]
     """Adapter set name -> its tensors (keys "<module path>.<param>")."""
     state: dict[str, Any]
+    tensors: dict[str, torch.Tensor]
+    """Named state tensors saved beside the adapters (plugin state); empty when none."""
+    torch_rng: torch.Tensor | None = None
+
+    def restore_rng(self) -> None:
+        """Put Python's, NumPy's and torch's global RNGs back where they were at saving."""
+        if self.torch_rng is not None:
+            restore_rng(self.state["rng"], self.torch_rng)
 
 
 def rng_state() -> tuple[dict[str, Any], torch.Tensor]:
@@ -74,27 +95,51 @@ def _fsync_write(path: Path, data: bytes) -> None:
         os.fsync(fh.fileno())
 
 
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as fh:
+        os.fsync(fh.fileno())
+
+
+def remove_stale_temporaries(root: Path) -> None:
+    """Delete ``.exp-*.tmp-<pid>`` folders whose writer is no longer running."""
+    for path in root.glob(".exp-*.tmp-*"):
+        match = _TMP_NAME.match(path.name)
+        if match and not pid_alive(int(match["pid"])):
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def save_checkpoint(
     run_dir: Path,
     next_experience: int,
     adapters: dict[str, dict[str, torch.Tensor]],
     state: dict[str, Any],
+    tensors: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write the checkpoint taken after experience ``next_experience - 1`` atomically."""
+    """Write the checkpoint taken after experience ``next_experience - 1`` atomically.
+
+    Args:
+        adapters: adapter set name -> its tensors.
+        state: JSON-able state (accuracy matrix, bookkeeping, config and its hash, ...).
+        tensors: named state tensors (plugin state), returned as :attr:`Checkpoint.tensors`.
+    """
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
-    final = root / f"exp-{next_experience - 1:04d}"
+    remove_stale_temporaries(root)
+    experience = next_experience - 1
+    final = root / f"exp-{experience:04d}"
     tmp = root / f".{final.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     rng_json, torch_rng = rng_state()
-    tensors = {
+    flat = {
         f"{name}{SEPARATOR}{key}": t.detach().cpu().contiguous()
         for name, sd in adapters.items()
         for key, t in sd.items()
     }
-    tensors[f"__rng__{SEPARATOR}torch"] = torch_rng
-    save_file(tensors, str(tmp / "adapters.safetensors"))
+    flat.update({f"{STATE_PREFIX}{key}": t.detach().cpu().contiguous() for key, t in (tensors or {}).items()})
+    flat[RNG_KEY] = torch_rng
+    save_file(flat, str(tmp / "adapters.safetensors"))
+    _fsync_file(tmp / "adapters.safetensors")
     payload = {
         "format_version": FORMAT_VERSION,
         "next_experience": next_experience,
@@ -102,10 +147,14 @@ def save_checkpoint(
         **state,
     }
     _fsync_write(tmp / "state.json", json.dumps(payload, indent=2, default=str).encode())
+    fsync_dir(tmp)
+    fault_point("during_checkpoint", exp=experience)
     if final.exists():  # left by a run killed between the rename and LATEST
         shutil.rmtree(final)
     os.replace(tmp, final)
+    fsync_dir(root)
     atomic_write_text(root / "LATEST", final.name)
+    fault_point("after_checkpoint", exp=experience)
     for old in root.glob("exp-*"):  # keep the newest two: cheap insurance, bounded disk
         if old.name < final.name and old.name != _previous_name(final.name):
             shutil.rmtree(old, ignore_errors=True)
@@ -117,15 +166,19 @@ def _previous_name(name: str) -> str:
 
 
 def load_checkpoint(run_dir: Path) -> Checkpoint | None:
-    """The newest complete checkpoint of ``run_dir``, or None when it has none."""
+    """The newest complete checkpoint of ``run_dir``, or None when it has none.
+
+    Global state (RNGs) is left as it is; see :meth:`Checkpoint.restore_rng`.
+    """
     root = Path(run_dir) / "checkpoints"
     latest = root / "LATEST"
     if not latest.exists():
         return None
+    remove_stale_temporaries(root)
     path = root / latest.read_text().strip()
     try:
         state = json.loads((path / "state.json").read_text())
-        tensors = load_file(str(path / "adapters.safetensors"))
+        flat = load_file(str(path / "adapters.safetensors"))
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {path} is unreadable ({exc}); delete it to start over") from exc
     if state.get("format_version") != FORMAT_VERSION:
@@ -134,26 +187,35 @@ def load_checkpoint(run_dir: Path) -> Checkpoint | None:
             f"this kroncl reads {FORMAT_VERSION}"
         )
     adapters: dict[str, dict[str, torch.Tensor]] = {}
-    torch_rng = None
-    for key, t in tensors.items():
+    tensors: dict[str, torch.Tensor] = {}
+    for key, t in flat.items():
+        if key == RNG_KEY:
+            continue
+        if key.startswith(STATE_PREFIX):
+            tensors[key[len(STATE_PREFIX):]] = t
+            continue
         name, sub = key.split(SEPARATOR, 1)
-        if name == "__rng__":
-            torch_rng = t
-        else:
-            adapters.setdefault(name, {})[sub] = t
-    if torch_rng is not None:
-        restore_rng(state["rng"], torch_rng)
-    return Checkpoint(path, int(state["next_experience"]), adapters, state)
+        adapters.setdefault(name, {})[sub] = t
+    return Checkpoint(path, int(state["next_experience"]), adapters, state, tensors, flat.get(RNG_KEY))
 
 
 def check_same_config(checkpoint: Checkpoint, config: dict[str, Any], config_hash: str) -> None:
     """Refuse to resume a checkpoint written under a different configuration."""
-    if checkpoint.state.get("config_hash") == config_hash:
+    refuse_config_change(checkpoint.state, config, config_hash, checkpoint.path.parent.parent)
+
+
+def refuse_config_change(saved: dict[str, Any], config: dict[str, Any], config_hash: str, run_dir: Path) -> None:
+    """Raise a ConfigError listing what changed when ``saved["config_hash"]`` is not ``config_hash``.
+
+    Args:
+        saved: a record holding the ``config`` and ``config_hash`` a run was started with.
+    """
+    if saved.get("config_hash") == config_hash:
         return
-    diff = diff_configs(checkpoint.state.get("config", {}), config)
+    diff = diff_configs(saved.get("config", {}), config)
     lines = "\n  ".join(diff) or "(hash differs; configs look equal: was kroncl upgraded?)"
     raise ConfigError(
-        f"cannot resume {checkpoint.path.parent.parent}: it was written with a different "
+        f"cannot resume {run_dir}: it was written with a different "
         f"configuration:\n  {lines}\nRerun with the original values, or start a new run "
         "without resume=..."
     )

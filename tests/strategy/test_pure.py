@@ -1,6 +1,7 @@
 """Pure parts of the strategy: schedules, the orthogonality penalty, checkpoints, config diffs."""
 
 import math
+import os
 
 import pytest
 import torch
@@ -60,19 +61,39 @@ def test_config_diff_names_every_changed_leaf():
     assert config_hash(old) == config_hash(dict(old)) != config_hash(new)
 
 
-def test_checkpoint_round_trip_restores_tensors_state_and_rng(tmp_path):
+def test_checkpoint_round_trip_restores_tensors_state_and_rng_only_when_asked(tmp_path):
     adapters = {"task0": {"layer.A": torch.randn(2, 2)}, "task1": {"layer.A": torch.randn(2, 2)}}
+    extra = {"EWC/importance/0/w": torch.rand(3)}
     cfg = {"seed": 0}
     torch.manual_seed(123)
-    save_checkpoint(tmp_path, 1, adapters, {"config": cfg, "config_hash": config_hash(cfg), "R": [[0.5]]})
+    save_checkpoint(tmp_path, 1, adapters, {"config": cfg, "config_hash": config_hash(cfg), "R": [[0.5]]}, extra)
     expected_next = torch.rand(3)
-    torch.manual_seed(999)  # disturb the RNG; loading must restore it
+    torch.manual_seed(999)
+    after_999 = torch.rand(3)
+    torch.manual_seed(999)
     ckpt = load_checkpoint(tmp_path)
+    assert torch.equal(torch.rand(3), after_999), "loading a checkpoint must not touch the global RNG"
     assert ckpt is not None and ckpt.next_experience == 1
     assert torch.equal(ckpt.adapters["task1"]["layer.A"], adapters["task1"]["layer.A"])
+    assert set(ckpt.adapters) == {"task0", "task1"}
+    assert torch.equal(ckpt.tensors["EWC/importance/0/w"], extra["EWC/importance/0/w"])
     assert ckpt.state["R"] == [[0.5]]
+    ckpt.restore_rng()
     assert torch.equal(torch.rand(3), expected_next)
     check_same_config(ckpt, cfg, config_hash(cfg))
+
+
+def test_temporary_folders_of_dead_writers_are_swept_and_live_ones_kept(tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    root = tmp_path / "checkpoints"
+    (root / f".exp-0003.tmp-{dead.pid}").mkdir(parents=True)
+    (root / f".exp-0003.tmp-{os.getpid()}").mkdir()
+    save_checkpoint(tmp_path, 1, {"s": {"k": torch.zeros(1)}}, {"config": {}, "config_hash": "x"})
+    assert sorted(p.name for p in root.iterdir()) == [f".exp-0003.tmp-{os.getpid()}", "LATEST", "exp-0000"]
 
 
 def test_checkpoint_from_another_config_is_refused_naming_the_difference(tmp_path):
