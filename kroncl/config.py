@@ -243,12 +243,6 @@ def load_settings(resolved: dict[str, Any]) -> RunSettings:
     resume = resolved.get("resume", False)
     if not isinstance(resume, (bool, str)):
         errors.append(f"resume={resume!r} must be true/false or a run directory")
-    elif resume not in (False, "false") and strategy.plugins:
-        errors.append(
-            f"resume={resume!r} with strategy.plugins={strategy.plugins} is not supported: their "
-            "state (replay buffer, EWC importances, LwF teacher) is not checkpointed. Start a new "
-            "run, or resume without plugins"
-        )
     data_dir = Path(data["dir"]).expanduser() if data.get("dir") else None
     if data_dir is not None and not data_dir.is_dir():
         errors.append(f"data.dir={str(data_dir)!r} is not a directory; point it at a folder "

@@ -9,31 +9,49 @@ Examples::
 
 from __future__ import annotations
 
+import secrets
+import shutil
 import sys
+from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from kroncl.errors import KronclError
+
+_SUFFIX = secrets.token_hex(3)
+# One value per process: Hydra may resolve hydra.run.dir more than once, and every resolution
+# must name the same folder. Separate processes (parallel launchers) get separate folders.
+OmegaConf.register_new_resolver("kroncl_run_suffix", lambda: _SUFFIX, replace=True)
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="config")
 def main(cfg: DictConfig) -> None:
-    from omegaconf import OmegaConf
+    from hydra.core.hydra_config import HydraConfig
 
     from kroncl.config import load_settings
 
+    hydra_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         # Validate before importing the pipeline (avalanche-lib alone takes ~15 s to import),
         # so a bad override is reported at once.
         load_settings(OmegaConf.to_container(cfg, resolve=True))
         from pipelines.continual import run
 
-        run(cfg)
+        run(cfg, hydra_dir=hydra_dir)
     except KronclError as exc:
         # A user-facing error: its message says what to change; a traceback would bury it.
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    finally:
+        remove_if_unused(hydra_dir)
+
+
+def remove_if_unused(path: Path) -> None:
+    """Hydra creates its output folder (with ``.hydra/``) before the job starts; a job that did
+    not use it (a resume of another folder, a config error) must not leave it behind."""
+    if path.is_dir() and {p.name for p in path.iterdir()} <= {".hydra"}:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,18 @@
 """The main job: a continual stream of tasks, trained with adapters, tracked and registered.
 
-Reads top to bottom; every reusable piece lives in ``kroncl`` or ``registry``:
+Reads top to bottom as five stages; every reusable piece lives in ``kroncl`` or ``registry``:
 
-    settings -> run directory -> stream -> model -> adapters -> benchmark -> tracking
-    -> strategy (+ resume) -> train the stream -> per experience: save, quantize, register,
-    checkpoint, log -> summary
+    open the run directory (new, resumed, or finished)   -> :func:`run`
+    prepare: stream, model, adapters, benchmark           -> :func:`prepare`
+    restore what a checkpoint holds                       -> :func:`restore`
+    train the stream; per experience save, quantize,
+      register, log, checkpoint                           -> :func:`run_in`, :class:`ExperienceRecorder`
+    finish: summary, MLflow run ended, run marked done    -> :func:`finish`
+
+Crash safety: a run killed at any instant resumes (``resume=true`` or ``resume=<run dir>``) to
+the same accuracy matrix and adapter tensors as an uninterrupted run. The resume continues the
+same MLflow run (its id is in ``run.json``), finds registry versions it already made (they are
+tagged with the run's id and experience), and restores every plugin's state from the checkpoint.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,18 +39,32 @@ from kroncl.adapters import (
 )
 from kroncl.config import RunSettings, config_hash, load_settings
 from kroncl.data import build_stream, make_benchmark
-from kroncl.errors import ConfigError
+from kroncl.errors import ConfigError, KronclError
+from kroncl.faults import fault_point
+from kroncl.fileio import atomic_write_text, remove_stale_temp_files
 from kroncl.metrics import AccuracyMatrix
 from kroncl.models import build_model
 from kroncl.quant import QuantScheme, artifact_bytes, quantize_tensors
 from kroncl.quant.measure import quantization_error
 from kroncl.strategy.adapter_sets import AdapterSets
-from kroncl.strategy.checkpoint import check_same_config, load_checkpoint, save_checkpoint
+from kroncl.strategy.checkpoint import (
+    Checkpoint,
+    check_same_config,
+    load_checkpoint,
+    refuse_config_change,
+    save_checkpoint,
+)
 from kroncl.strategy.loop import run_stream
-from kroncl.strategy.plugins import AccuracyCollector, build_plugins
+from kroncl.strategy.plugins import (
+    AccuracyCollector,
+    build_plugins,
+    plugins_checkpoint_state,
+    restore_plugins_state,
+)
 from kroncl.strategy.template import KronclStrategy, seed_everything
 from kroncl.tracking import Tracker, flatten_config
 from pipelines.registration import Registrar
+from pipelines.run_dir import RunLock, RunRecord, resolve_run_dir
 from pipelines.summary import format_summary
 
 log = logging.getLogger("kroncl.pipeline")
@@ -55,175 +78,147 @@ class RunResult:
     mlflow_run_id: str | None
     registry_refs: list[str] = field(default_factory=list)
     artifacts: list[dict[str, Any]] = field(default_factory=list)
+    already_finished: bool = False
+    """True when a resume found the run finished and only reported it."""
 
 
-def run(cfg: DictConfig | dict, run_dir: Path | None = None) -> RunResult:
-    """Run the job described by a composed Hydra config. Returns what it produced."""
+def run(cfg: DictConfig | dict, run_dir: Path | None = None, hydra_dir: Path | None = None) -> RunResult:
+    """Run (or resume) the job described by a composed Hydra config. Returns what it produced.
+
+    Args:
+        cfg: the composed config (``python -m kroncl.run``'s, or Hydra's compose API's).
+        run_dir: write here (library use); default: ``run_dir=`` of the config, else
+            ``hydra_dir``, else a new unique folder under ``<paths.runs>/<stream>/``.
+        hydra_dir: Hydra's output directory when called from ``python -m kroncl.run``.
+
+    Raises:
+        ConfigError: bad settings, a changed configuration on resume, or a run directory that
+            holds another run or is in use by another process.
+    """
     resolved = cfg if isinstance(cfg, dict) else OmegaConf.to_container(cfg, resolve=True)
     settings = load_settings(resolved)
-
-    # -- run directory: a new one, or the one being resumed --------------------------------
-    run_dir = resolve_run_dir(settings, run_dir)
+    run_dir, resuming = resolve_run_dir(settings, run_dir, hydra_dir)
+    created = not run_dir.exists() or not any(run_dir.iterdir())
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)))
-    handler = attach_log_file(run_dir)
     try:
-        return run_in(run_dir, settings, resolved)
-    finally:
-        # Detached so a later run in this process does not also write into this run's run.log.
-        if handler is not None:
-            logging.getLogger("kroncl").removeHandler(handler)
-            handler.close()
+        with RunLock(run_dir):
+            record = open_record(run_dir, settings, resuming)
+            if record.is_finished:
+                return report_finished(run_dir, record)
+            handler = attach_log_file(run_dir)
+            try:
+                return run_in(run_dir, settings, resolved, record)
+            finally:
+                # Detached so a later run in this process does not also write into this run's run.log.
+                if handler is not None:
+                    logging.getLogger("kroncl").removeHandler(handler)
+                    handler.close()
+    except KronclError:
+        if created and not started_anything(run_dir):
+            shutil.rmtree(run_dir, ignore_errors=True)  # a user error must not leave an empty run
+        raise
 
 
-def run_in(run_dir: Path, settings: RunSettings, resolved: dict[str, Any]) -> RunResult:
-    """The job proper, in a prepared run directory (see :func:`run`)."""
-    log.info("run directory: %s", run_dir)
+def open_record(run_dir: Path, settings: RunSettings, resuming: bool) -> RunRecord:
+    """This run's record: read back on resume (config checked), or new (config.yaml written)."""
+    result_cfg = settings.result_config
+    cfg_hash = config_hash(result_cfg)
+    record = RunRecord.load(run_dir)
+    if record is not None and not resuming:
+        raise ConfigError(
+            f"run directory {run_dir} already holds run {record.run_id} ({record.status}); resume it "
+            f"with resume={run_dir}, or start a new run in another directory"
+        )
+    if record is None:  # a new run, or a run written before run.json existed (checkpoint only)
+        record = RunRecord.new(result_cfg, cfg_hash)
+    refuse_config_change({"config": record.config, "config_hash": record.config_hash},
+                         result_cfg, cfg_hash, run_dir)
+    if not (run_dir / "config.yaml").exists():
+        atomic_write_text(run_dir / "config.yaml",
+                          OmegaConf.to_yaml(OmegaConf.create(settings.resolved)))
+    record.save(run_dir)
+    return record
+
+
+def started_anything(run_dir: Path) -> bool:
+    """Whether a failed run already made something worth keeping (a checkpoint or an MLflow run)."""
+    record = RunRecord.load(run_dir) if (run_dir / "run.json").exists() else None
+    return (run_dir / "checkpoints").exists() or bool(record and record.mlflow_run_id)
+
+
+@dataclass
+class Prepared:
+    """What a run builds before training: stream, model with adapters, benchmark."""
+
+    task_names: list[str]
+    model: Any
+    adapter_cfg: AdapterConfig
+    sets: AdapterSets
+    benchmark: Any
+    param_counts: dict[str, int]
+
+
+def prepare(settings: RunSettings) -> Prepared:
+    """Stream (every task checked before anything is trained), model, adapters, benchmark."""
     seed_everything(settings.seed)
-
-    # -- stream: every task checked before anything is trained -----------------------------
     tasks = build_stream(settings.stream, settings.data_dir)
     task_names = [t.name for t in tasks]
     log.info("stream %s: %s", settings.stream.name, " -> ".join(task_names))
-
-    # -- model and adapters ----------------------------------------------------------------
     model = build_model(settings.model)
     adapter_cfg = complete_adapter_config(settings.adapter, model)
     sets = AdapterSets(settings.strategy.mode)
     replaced = sets.inject(model.backbone, adapter_cfg)
-    first = sets.current
     param_counts = {
         "base": sum(p.numel() for p in model.parameters() if not p.requires_grad),
-        "adapter_set": count_adapter_parameters(model.backbone, first),
+        "adapter_set": count_adapter_parameters(model.backbone, sets.current),
         "adapted_layers": len(replaced),
     }
     log.info("adapters: %s on %d layers, %d trainable parameters per set",
              adapter_cfg.method, len(replaced), param_counts["adapter_set"])
-
-    # -- benchmark (tokenised once, cached) --------------------------------------------------
     benchmark = make_benchmark(tasks, model, cache_dir=settings.cache_dir)
+    return Prepared(task_names, model, adapter_cfg, sets, benchmark, param_counts)
 
-    # -- resume -------------------------------------------------------------------------------
-    result_cfg = settings.result_config
-    cfg_hash = config_hash(result_cfg)
-    matrix = AccuracyMatrix(task_names)
+
+def restore(prep: Prepared, checkpoint: Checkpoint) -> AccuracyMatrix:
+    """Put the adapter sets and their bookkeeping back as the checkpoint saved them."""
+    prep.sets = AdapterSets.from_state_dict(checkpoint.state["adapter_sets"])
+    backbone = prep.model.backbone
+    for name, tensors in checkpoint.adapters.items():
+        if name not in adapter_names(backbone):
+            add_adapter(backbone, name)
+        load_adapter_state_dict(backbone, tensors, name)
+    return AccuracyMatrix.from_dict(checkpoint.state["accuracy_matrix"])
+
+
+def run_in(run_dir: Path, settings: RunSettings, resolved: dict[str, Any], record: RunRecord) -> RunResult:
+    """The job proper, in a prepared and locked run directory (see :func:`run`)."""
+    log.info("run directory: %s", run_dir)
+    remove_stale_temp_files(run_dir)  # left by a writer killed mid-write; the lock says it is dead
+    prep = prepare(settings)
+    checkpoint = load_checkpoint(run_dir)
+    matrix = AccuracyMatrix(prep.task_names)
+    if checkpoint is not None:
+        check_same_config(checkpoint, settings.result_config, record.config_hash)
+        matrix = restore(prep, checkpoint)
+        log.info("resuming %s at experience %d of %d", run_dir, checkpoint.next_experience,
+                 len(prep.task_names))
+    elif record.mlflow_run_id is not None:
+        log.info("resuming %s from its start (killed before the first checkpoint)", run_dir)
+
+    tracker = open_tracking(settings, run_dir, record, resolved, prep.param_counts)
+    strategy = build_strategy(settings, prep, tracker)
+    registrar = Registrar.from_config(settings, prep.model, prep.adapter_cfg, record.mlflow_run_id,
+                                      run_id=record.run_id)
+    recorder = ExperienceRecorder(run_dir, settings, prep, strategy, tracker, registrar, record)
     start = 0
-    checkpoint = load_checkpoint(run_dir) if settings.resume else None
     if checkpoint is not None:
-        check_same_config(checkpoint, result_cfg, cfg_hash)
-        sets = AdapterSets.from_state_dict(checkpoint.state["adapter_sets"])
-        for name, tensors in checkpoint.adapters.items():
-            if name not in adapter_names(model.backbone):
-                add_adapter(model.backbone, name)
-            load_adapter_state_dict(model.backbone, tensors, name)
-        matrix = AccuracyMatrix.from_dict(checkpoint.state["accuracy_matrix"])
         start = checkpoint.next_experience
-        log.info("resuming %s at experience %d of %d", run_dir, start, len(tasks))
-
-    # -- tracking -------------------------------------------------------------------------------
-    tracker = Tracker.from_config(settings.tracking, run_dir, runs_root=settings.runs_root)
-    mlflow_run_id = tracker.start(
-        run_name=run_dir.name,
-        tags={"kroncl.stream": settings.stream.name, "kroncl.run_dir": str(run_dir)},
-    )
-    tracker.log_params(flatten_config(resolved))
-    tracker.log_params({f"params.{k}": v for k, v in param_counts.items()})
-
-    # -- strategy -------------------------------------------------------------------------------
-    from avalanche.evaluation.metrics import (
-        accuracy_metrics,
-        bwt_metrics,
-        forgetting_metrics,
-        forward_transfer_metrics,
-        loss_metrics,
-    )
-    from avalanche.training.plugins import EvaluationPlugin
-
-    from kroncl.tracking import MLflowLogger
-
-    evaluator = EvaluationPlugin(
-        accuracy_metrics(epoch=True, experience=True, stream=True),
-        loss_metrics(epoch=True),
-        forgetting_metrics(experience=True, stream=True),
-        bwt_metrics(experience=True, stream=True),
-        forward_transfer_metrics(experience=True, stream=True),
-        loggers=[MLflowLogger(tracker, prefix="avalanche/")],
-    )
-    collector = AccuracyCollector()
-    strategy = KronclStrategy(
-        model=model,
-        adapter_sets=sets,
-        train=settings.train,
-        plugins=[*build_plugins(settings.strategy, sets), collector],
-        evaluator=evaluator,
-        seed=settings.seed,
-    )
-    if start:
-        strategy.clock.train_exp_counter = start
-
-    # -- per experience: save, quantize, register, checkpoint, log ------------------------------
-    registrar = Registrar.from_config(settings, model, adapter_cfg, mlflow_run_id)
-    scheme = QuantScheme.from_name(settings.quant.scheme, block_size=settings.quant.block_size)
-    produced: list[dict[str, Any]] = []
-    if checkpoint is not None:
-        produced = list(checkpoint.state.get("artifacts", []))
-        registrar.restore(checkpoint.state.get("registry", {}))
-
-    def on_experience_end(index: int, experience, matrix: AccuracyMatrix) -> None:
-        task = task_names[index]
-        name = sets.current
-        tensors = adapter_state_dict(model.backbone, name)
-        out = run_dir / "adapters" / f"exp{index}-{task}"
-        fp32_dir = save_adapter(out / "fp32", tensors, adapter_cfg, base_model=registrar.base_model,
-                                extra={"task": task, "experience": index, "adapter_set": name})
-        record: dict[str, Any] = {
-            "experience": index, "task": task, "adapter_set": name,
-            "fp32_dir": str(fp32_dir), "fp32_bytes": artifact_bytes(tensors),
-        }
-        metrics = {"acc": matrix.get(index, index)}
-        record["fp32_ref"] = registrar.register(task, fp32_dir, bits=32, metrics=metrics,
-                                                param_count=param_counts["adapter_set"], experience=index)
-        if scheme is not None:
-            packed, meta = quantize_tensors(tensors, scheme)
-            q_dir = save_adapter(out / settings.quant.scheme, packed, adapter_cfg,
-                                 base_model=registrar.base_model,
-                                 extra={"quantization": meta, "task": task, "experience": index})
-            report = quantization_error(model.backbone, name, packed, meta)
-            record.update({
-                "quant_dir": str(q_dir), "quant_bytes": artifact_bytes(packed),
-                "quant_scheme": settings.quant.scheme, "delta_rel_error": report.summary(),
-            })
-            record["quant_ref"] = registrar.register(
-                task, q_dir, bits=scheme.bits, metrics={**metrics, **report.summary()},
-                param_count=param_counts["adapter_set"], experience=index, quantized_from=record["fp32_ref"])
-            tracker.log_metrics({f"quant/{task}/delta_rel_error_mean": report.mean,
-                                 f"quant/{task}/bytes_ratio": record["quant_bytes"] / record["fp32_bytes"]},
-                                step=index)
-        produced.append(record)
-        matrix.save(run_dir / "metrics")
-        tracker.log_accuracy_matrix(matrix)
-        ref = record.get("quant_ref") or record["fp32_ref"]
-        if ref is not None:  # registry=off registers nothing: no tag rather than the text "None"
-            tracker.set_tags({f"registry.{task}": ref})
-        save_checkpoint(
-            run_dir,
-            index + 1,
-            {n: tensors if n == name else adapter_state_dict(model.backbone, n)
-             for n in adapter_names(model.backbone)},
-            {
-                "config": result_cfg,
-                "config_hash": cfg_hash,
-                "accuracy_matrix": matrix.to_dict(),
-                "adapter_sets": sets.state_dict(),
-                "artifacts": produced,
-                "registry": registrar.state(),
-            },
-        )
+        recorder.restore(checkpoint)
 
     started = time.perf_counter()
     try:
-        run_stream(strategy, benchmark, matrix, start=start,
-                   on_experience_end=on_experience_end, log=log.info)
+        run_stream(strategy, prep.benchmark, matrix, start=start,
+                   on_experience_end=recorder, log=log.info)
     except KeyboardInterrupt:
         tracker.end("KILLED")
         raise
@@ -231,61 +226,199 @@ def run_in(run_dir: Path, settings: RunSettings, resolved: dict[str, Any]) -> Ru
         # Finished experiences are already saved, registered and checkpointed: resume=true.
         tracker.end("FAILED")
         raise
-    elapsed = time.perf_counter() - started
+    fault_point("before_finish")
+    return finish(run_dir, settings, prep, matrix, tracker, registrar, recorder.produced, record,
+                  time.perf_counter() - started)
 
-    # -- summary --------------------------------------------------------------------------------
+
+def open_tracking(settings: RunSettings, run_dir: Path, record: RunRecord, resolved: dict[str, Any],
+                  param_counts: dict[str, int]) -> Tracker:
+    """A new MLflow run, or the same run again when resuming (its id is in run.json)."""
+    tracker = Tracker.from_config(settings.tracking, run_dir, runs_root=settings.runs_root)
+    tags = {"kroncl.stream": settings.stream.name, "kroncl.run_dir": str(run_dir),
+            "kroncl.run": record.run_id}
+    if record.mlflow_run_id is not None:
+        run_id = tracker.resume(record.mlflow_run_id, tags=tags)
+    else:
+        run_id = tracker.start(run_name=run_dir.name, tags=tags)
+    if run_id != record.mlflow_run_id:
+        record.mlflow_run_id = run_id
+        record.save(run_dir)
+    tracker.log_params(flatten_config(resolved))
+    tracker.log_params({f"params.{k}": v for k, v in param_counts.items()})
+    return tracker
+
+
+def build_strategy(settings: RunSettings, prep: Prepared, tracker: Tracker) -> KronclStrategy:
+    """The Avalanche strategy with the configured plugins and an evaluator logging to MLflow.
+
+    The evaluator carries only avalanche metrics without memory across experiences (accuracy,
+    loss): its forgetting/BWT/forward-transfer metrics keep their history in the process and
+    would restart from the wrong row after a resume; those values are computed from the accuracy
+    matrix instead (``stream/avalanche_*``, :mod:`kroncl.metrics.avalanche_compat`).
+    """
+    from avalanche.evaluation.metrics import accuracy_metrics, loss_metrics
+    from avalanche.training.plugins import EvaluationPlugin
+
+    from kroncl.tracking import MLflowLogger
+
+    evaluator = EvaluationPlugin(
+        accuracy_metrics(epoch=True, experience=True, stream=True),
+        loss_metrics(epoch=True),
+        loggers=[MLflowLogger(tracker, prefix="avalanche/")],
+    )
+    return KronclStrategy(
+        model=prep.model,
+        adapter_sets=prep.sets,
+        train=settings.train,
+        plugins=[*build_plugins(settings.strategy, prep.sets), AccuracyCollector()],
+        evaluator=evaluator,
+        seed=settings.seed,
+    )
+
+
+CLOCK_FIELDS = ("train_iterations", "train_exp_counter", "train_exp_epochs", "train_exp_iterations",
+                "train_epoch_iterations", "total_iterations")
+"""avalanche's clock: the steps its metrics are logged at, so a resumed run logs at the same ones."""
+
+
+class ExperienceRecorder:
+    """What happens after each experience: save, quantize, register, log, checkpoint.
+
+    Called by :func:`kroncl.strategy.loop.run_stream` as ``recorder(index, experience, matrix)``.
+    Every step is safe to repeat after a crash: files are replaced atomically, registration
+    finds the version a killed run already made, MLflow skips steps it already has.
+    """
+
+    def __init__(self, run_dir, settings, prep, strategy, tracker, registrar, record) -> None:
+        self.run_dir = run_dir
+        self.settings = settings
+        self.prep = prep
+        self.strategy = strategy
+        self.tracker = tracker
+        self.registrar = registrar
+        self.record = record
+        self.scheme = QuantScheme.from_name(settings.quant.scheme, block_size=settings.quant.block_size)
+        self.produced: list[dict[str, Any]] = []
+
+    def restore(self, checkpoint: Checkpoint) -> None:
+        state = checkpoint.state
+        self.produced = list(state.get("artifacts", []))
+        self.registrar.restore(state.get("registry", {}))
+        for key, value in state.get("clock", {"train_exp_counter": checkpoint.next_experience}).items():
+            setattr(self.strategy.clock, key, value)
+        restore_plugins_state(self.strategy.plugins, state.get("plugins", {}), checkpoint.tensors,
+                              strategy=self.strategy, train_stream=self.prep.benchmark.train_stream)
+
+    def __call__(self, index: int, experience, matrix: AccuracyMatrix) -> None:
+        task = self.prep.task_names[index]
+        backbone = self.prep.model.backbone
+        name = self.prep.sets.current
+        tensors = adapter_state_dict(backbone, name)
+        record = self.save_and_register(index, task, name, tensors, matrix)
+        self.produced.append(record)
+        matrix.save(self.run_dir / "metrics")
+        self.tracker.log_accuracy_matrix(matrix)
+        ref = record.get("quant_ref") or record["fp32_ref"]
+        if ref is not None:  # registry=off registers nothing: no tag rather than the text "None"
+            self.tracker.set_tags({f"registry.{task}": ref})
+        fault_point("before_checkpoint", exp=index)
+        self.checkpoint(index, name, tensors, matrix)
+
+    def save_and_register(self, index: int, task: str, name: str, tensors, matrix) -> dict[str, Any]:
+        cfg, registrar, counts = self.prep.adapter_cfg, self.registrar, self.prep.param_counts
+        out = self.run_dir / "adapters" / f"exp{index}-{task}"
+        fp32_dir = save_adapter(out / "fp32", tensors, cfg, base_model=registrar.base_model,
+                                extra={"task": task, "experience": index, "adapter_set": name})
+        fault_point("after_save", exp=index)
+        record: dict[str, Any] = {
+            "experience": index, "task": task, "adapter_set": name,
+            "fp32_dir": str(fp32_dir), "fp32_bytes": artifact_bytes(tensors),
+        }
+        metrics = {"acc": matrix.get(index, index)}
+        record["fp32_ref"] = registrar.register(task, fp32_dir, bits=32, metrics=metrics,
+                                                param_count=counts["adapter_set"], experience=index)
+        if self.scheme is None:
+            return record
+        scheme_name = self.settings.quant.scheme
+        packed, meta = quantize_tensors(tensors, self.scheme)
+        q_dir = save_adapter(out / scheme_name, packed, cfg, base_model=registrar.base_model,
+                             extra={"quantization": meta, "task": task, "experience": index})
+        report = quantization_error(self.prep.model.backbone, name, packed, meta)
+        record.update({
+            "quant_dir": str(q_dir), "quant_bytes": artifact_bytes(packed),
+            "quant_scheme": scheme_name, "delta_rel_error": report.summary(),
+        })
+        record["quant_ref"] = registrar.register(
+            task, q_dir, bits=self.scheme.bits, metrics={**metrics, **report.summary()},
+            param_count=counts["adapter_set"], experience=index, quantized_from=record["fp32_ref"])
+        self.tracker.log_metrics({f"quant/{task}/delta_rel_error_mean": report.mean,
+                                  f"quant/{task}/bytes_ratio": record["quant_bytes"] / record["fp32_bytes"]},
+                                 step=index)
+        return record
+
+    def checkpoint(self, index: int, name: str, tensors, matrix: AccuracyMatrix) -> None:
+        backbone = self.prep.model.backbone
+        plugin_json, plugin_tensors = plugins_checkpoint_state(self.strategy.plugins)
+        save_checkpoint(
+            self.run_dir,
+            index + 1,
+            {n: tensors if n == name else adapter_state_dict(backbone, n) for n in adapter_names(backbone)},
+            {
+                "config": self.record.config,
+                "config_hash": self.record.config_hash,
+                "accuracy_matrix": matrix.to_dict(),
+                "adapter_sets": self.prep.sets.state_dict(),
+                "artifacts": self.produced,
+                "registry": self.registrar.state(),
+                "clock": {k: int(getattr(self.strategy.clock, k)) for k in CLOCK_FIELDS},
+                "plugins": plugin_json,
+            },
+            plugin_tensors,
+        )
+
+
+def finish(run_dir: Path, settings: RunSettings, prep: Prepared, matrix: AccuracyMatrix, tracker: Tracker,
+           registrar: Registrar, produced: list[dict[str, Any]], record: RunRecord, elapsed: float) -> RunResult:
+    """Summary files, final metrics, the MLflow run ended and the run marked finished."""
     summary = matrix.summary()
     matrix.save(run_dir / "metrics")
-    tracker.log_accuracy_matrix(matrix)  # idempotent per step; covers resuming a finished run
+    tracker.log_accuracy_matrix(matrix)  # idempotent per step; covers resuming after the last checkpoint
     # Tracker.log_accuracy_matrix already logged final/{acc,bwt,fwt,forgetting} when the matrix
     # became complete; logging them again would put two points at the same step in MLflow.
     tracker.log_metrics({f"final/{k}": v for k, v in summary.items()
                          if isinstance(v, (int, float)) and k not in ("acc", "bwt", "fwt", "forgetting")},
-                        step=len(task_names) - 1)
+                        step=len(prep.task_names) - 1)
     tracker.log_artifact(run_dir / "config.yaml")
-    tracker.end("FINISHED")
-    result = RunResult(run_dir, matrix, summary, mlflow_run_id,
+    result = RunResult(run_dir, matrix, summary, record.mlflow_run_id,
                        [r.get("quant_ref") or r["fp32_ref"] for r in produced if r.get("fp32_ref")],
                        produced)
     text = format_summary(
-        result, settings=settings, param_counts=param_counts, tracker=tracker,
+        result, settings=settings, param_counts=prep.param_counts, tracker=tracker,
         registry_url=registrar.url, elapsed=elapsed,
         registry_artifacts=str(registrar.store.artifacts.root) if registrar.store is not None else None,
     )
-    (run_dir / "summary.txt").write_text(text)
-    (run_dir / "summary.json").write_text(json.dumps(
-        {"summary": summary, "artifacts": produced, "param_counts": param_counts,
-         "mlflow_run_id": mlflow_run_id, "tracking_failures": len(tracker.failures)},
+    atomic_write_text(run_dir / "summary.txt", text)
+    atomic_write_text(run_dir / "summary.json", json.dumps(
+        {"summary": summary, "artifacts": produced, "param_counts": prep.param_counts,
+         "mlflow_run_id": record.mlflow_run_id, "tracking_failures": len(tracker.failures)},
         indent=2, default=str))
+    tracker.end("FINISHED")
+    record.mark_finished(run_dir)
     print(text)
     return result
 
 
-def resolve_run_dir(settings: RunSettings, explicit: Path | None) -> Path:
-    """The resumed run's directory, or a fresh one (Hydra's output directory by default)."""
-    if isinstance(settings.resume, str) and settings.resume not in ("true", "false"):
-        path = Path(settings.resume).expanduser()
-        if not (path / "checkpoints" / "LATEST").exists():
-            raise ConfigError(f"resume={settings.resume!r} has no checkpoints/LATEST; "
-                              "point resume= at a run directory written by kroncl")
-        return path
-    if settings.resume is True:
-        stream_root = settings.runs_root / settings.stream.name
-        candidates = sorted(p.parent.parent for p in stream_root.glob("*/checkpoints/LATEST"))
-        if not candidates:
-            raise ConfigError(f"resume=true but no run of stream {settings.stream.name!r} under "
-                              f"{stream_root} has a checkpoint; start without resume")
-        return candidates[-1]
-    if explicit is not None:
-        return Path(explicit)
-    if settings.run_dir is not None:
-        return settings.run_dir
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        return Path(HydraConfig.get().runtime.output_dir)
-    except ValueError:  # not under @hydra.main (library use): a timestamped folder
-        return settings.runs_root / settings.stream.name / time.strftime("%Y-%m-%d_%H-%M-%S")
+def report_finished(run_dir: Path, record: RunRecord) -> RunResult:
+    """A resume of a finished run: print its summary again; nothing is trained or logged."""
+    data = json.loads((run_dir / "summary.json").read_text())
+    matrix = AccuracyMatrix.load(run_dir / "metrics")
+    produced = data["artifacts"]
+    print(f"run {run_dir} finished on {record.finished}; nothing to resume. Its summary:")
+    print((run_dir / "summary.txt").read_text())
+    return RunResult(run_dir, matrix, data["summary"], record.mlflow_run_id,
+                     [r.get("quant_ref") or r["fp32_ref"] for r in produced if r.get("fp32_ref")],
+                     produced, already_finished=True)
 
 
 def complete_adapter_config(node: dict[str, Any], model) -> AdapterConfig:
@@ -298,7 +431,7 @@ def complete_adapter_config(node: dict[str, Any], model) -> AdapterConfig:
 
 
 def attach_log_file(run_dir: Path) -> logging.FileHandler | None:
-    """Mirror the kroncl loggers into <run_dir>/run.log (Hydra also writes its own log).
+    """Mirror the kroncl loggers into <run_dir>/run.log.
 
     Returns:
         The handler added (the caller removes it when the run ends), or None when one for
@@ -315,4 +448,3 @@ def attach_log_file(run_dir: Path) -> logging.FileHandler | None:
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
     root.addHandler(handler)
     return handler
-

@@ -3,6 +3,12 @@
 Per experience: the fp32 adapter as a version ``continued_from`` the previous experience's
 version, and (with ``quant=int8|int4``) the quantized artifact as a version ``quantized_from``
 it. Names: adapter ``<model>-<task>-<method>`` (one lineage line per task, method and base).
+
+Registration is idempotent on (run, experience, bits): every version is tagged with the run's
+id (``kroncl.run``) and its experience, and a registration repeated after a crash returns the
+version the killed process already committed instead of adding a duplicate. The artifact is
+registered from its explicit file list (:data:`ARTIFACT_FILES`), never a folder walk, so a
+temporary file left by a killed write can never end up inside it.
 """
 
 from __future__ import annotations
@@ -16,6 +22,12 @@ from typing import Any
 import torch
 
 from kroncl.adapters import AdapterConfig
+from kroncl.adapters.io import CONFIG_NAME, WEIGHTS_NAME
+from kroncl.faults import fault_point
+
+ARTIFACT_FILES = (WEIGHTS_NAME, CONFIG_NAME)
+"""The files of one adapter artifact, exactly (what :func:`kroncl.adapters.save_adapter` writes)."""
+RUN_TAG = "kroncl.run"
 
 _NAME_OK = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -61,11 +73,14 @@ class Registrar:
     model_tag: str
     mlflow_run_id: str | None
     run_config: dict[str, Any]
+    run_id: str = ""
+    """The kroncl run's id (``run.json``): with the experience and bits, a version's identity."""
     previous: str | None = None
     """Newest fp32 version ref of this run: the next experience's version continues from it."""
 
     @classmethod
-    def from_config(cls, settings, model, adapter_cfg: AdapterConfig, mlflow_run_id: str | None) -> Registrar:
+    def from_config(cls, settings, model, adapter_cfg: AdapterConfig, mlflow_run_id: str | None,
+                    run_id: str = "") -> Registrar:
         base_name, revision = base_model_identity(model)
         store = url = None
         if settings.registry.enabled:
@@ -78,7 +93,7 @@ class Registrar:
             store = RegistryStore(url, artifacts)
             store.register_base_model(base_name, revision=revision)
         return cls(store, url, base_name, revision, adapter_cfg,
-                   registry_name(settings.model.name), mlflow_run_id, settings.result_config)
+                   registry_name(settings.model.name), mlflow_run_id, settings.result_config, run_id)
 
     def restore(self, state: dict[str, Any]) -> None:
         self.previous = state.get("previous")
@@ -108,10 +123,28 @@ class Registrar:
             parents.append((quantized_from, "quantized_from"))
         elif self.previous is not None:
             parents.append((self.previous, "continued_from"))
+        tags = {RUN_TAG: self.run_id, "experience": str(experience), "stream_task": task,
+                "strategy": str(self.run_config.get("strategy", {}).get("mode"))}
+        existing = self.store.search_versions(
+            adapter=adapter, bits=bits, tags={RUN_TAG: self.run_id, "experience": str(experience)})
+        if existing:  # made by this run before it was killed: the same tensors, bit for bit
+            version = existing[0]
+        else:
+            version = self._register_new(adapter, artifact, bits, metrics, param_count, tags, parents,
+                                         experience)
+        fault_point("after_register", exp=experience, bits=bits)
+        ref = f"{version.adapter}:{version.number}"
+        if quantized_from is None:
+            self.previous = ref
+        return ref
+
+    def _register_new(self, adapter: str, artifact: Path, bits: int, metrics: dict[str, float],
+                      param_count: int, tags: dict[str, str], parents: list, experience: int):
         cfg = self.adapter_cfg
-        version = self.store.register_version(
+        return self.store.register_version(
             adapter,
             artifact,
+            files=ARTIFACT_FILES,
             method=cfg.method,
             bits=bits,
             a_out=cfg.a_out if cfg.method == "kron" else None,
@@ -122,11 +155,7 @@ class Registrar:
             metrics=metrics,
             config={"adapter": cfg.to_dict(), "run": self.run_config},
             mlflow_run_id=self.mlflow_run_id,
-            tags={"experience": str(experience), "stream_task": task,
-                  "strategy": str(self.run_config.get("strategy", {}).get("mode"))},
+            tags=tags,
             parents=parents,
+            on_published=lambda: fault_point("registry_publish", exp=experience, bits=bits),
         )
-        ref = f"{version.adapter}:{version.number}"
-        if quantized_from is None:
-            self.previous = ref
-        return ref

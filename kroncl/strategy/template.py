@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from kroncl.config import TrainConfig
 from kroncl.errors import ConfigError
+from kroncl.faults import fault_point
 from kroncl.strategy.adapter_sets import AdapterSets, routed_forward
 from kroncl.strategy.schedule import lr_multiplier
 
@@ -155,6 +156,7 @@ class KronclStrategy(SupervisedTemplate):
 
     def _before_training_exp(self, **kwargs) -> None:
         seed_everything(experience_seed(self.seed, self.experience_index))
+        self.optimizer_steps = 0  # in this experience; names the train_step fault point
         super()._before_training_exp(**kwargs)
         # After the plugins ran: replay may have replaced the dataloader, which sets the length.
         self._make_scheduler()
@@ -231,6 +233,8 @@ class KronclStrategy(SupervisedTemplate):
                 self.optimizer_step()
                 self._after_update(**kwargs)
                 self.optimizer.zero_grad(set_to_none=True)
+                self.optimizer_steps += 1
+                fault_point("train_step", exp=self.experience_index, step=self.optimizer_steps)
             self._after_training_iteration(**kwargs)
             bar.set_postfix(loss=f"{self.loss.item():.4f}")
 

@@ -132,7 +132,7 @@ def test_lwf_distils_only_the_choice_columns_a_batch_has():
     assert lwf._distillation_loss(out, out.clone(), {0, 1, 2, 3, 4}).item() == pytest.approx(0.0, abs=1e-6)
 
 
-def test_resume_with_plugins_is_refused_when_the_config_is_validated():
+def test_resume_with_plugins_is_accepted_now_that_their_state_is_checkpointed():
     from pathlib import Path
 
     from hydra import compose, initialize_config_dir
@@ -142,8 +142,6 @@ def test_resume_with_plugins_is_refused_when_the_config_is_validated():
 
     configs = Path(__file__).resolve().parents[2] / "configs"
     with initialize_config_dir(config_dir=str(configs), version_base="1.3"):
-        refused = compose("config", overrides=["resume=true", "strategy.plugins=[replay]"])
-        fine = compose("config", overrides=["resume=true"])
-    with pytest.raises(ConfigError, match=r"resume=True with strategy\.plugins=\['replay'\] is not supported"):
-        load_settings(OmegaConf.to_container(refused, resolve=True))
-    assert load_settings(OmegaConf.to_container(fine, resolve=True)).resume is True
+        cfg = compose("config", overrides=["resume=true", "strategy.plugins=[replay,ewc,lwf]"])
+    settings = load_settings(OmegaConf.to_container(cfg, resolve=True))
+    assert settings.resume is True and settings.strategy.plugins == ["replay", "ewc", "lwf"]
