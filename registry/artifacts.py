@@ -3,7 +3,7 @@
 Layout under ``root``::
 
     objects/<sha[:2]>/<sha>/...     one directory per artifact, holding its files
-    tmp/<random>/                   staging area (same filesystem, so publishing is a rename)
+    tmp/<host>-<pid>-<uuid hex>/    staging area (same filesystem, so publishing is a rename)
     locks/<sha[:2]>.lock            advisory locks serialising publish/remove of a hash
 
 An artifact is a directory of files (e.g. ``adapter.safetensors`` + ``adapter_config.json``) or a
@@ -15,16 +15,29 @@ Publishing is atomic: files are copied into ``tmp/`` (hashing the bytes as they 
 the hash describes exactly what was stored), fsynced, then renamed into ``objects/`` with
 ``os.replace``. A reader therefore sees either no artifact or a complete one. Nothing here ever
 unpickles anything; artifacts are opaque bytes.
+
+Staging folders are named for their owner (``<hostname>-<pid>-<uuid hex>``) so that a writer
+killed mid-copy leaves something another process can prove is abandoned:
+:meth:`ArtifactStore.sweep_stale_staging` (run whenever a store is opened) removes exactly the
+folders of this host whose pid is no longer alive. Other hosts' folders are never touched, since
+their pids mean nothing here. Folders in the old, ownerless format (``<uuid hex>``,
+``damaged-<uuid hex>``, ``removed-<uuid hex>``) are removed only once they are more than a day
+old; anything else in ``tmp/`` is left alone. Damaged or removed objects are renamed aside into
+owner-named ``tmp/`` folders too, so an interrupted delete is swept the same way.
 """
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import logging
 import os
+import re
 import shutil
+import socket
+import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -32,6 +45,12 @@ from pathlib import Path, PurePosixPath
 from registry.errors import HashMismatch, InvalidValue, NotFound
 
 _CHUNK = 1 << 20
+_log = logging.getLogger(__name__)
+
+#: Ownerless staging folders (written before names carried their owner) older than this are stale.
+LEGACY_STAGING_MAX_AGE_S = 24 * 3600
+_OWNED = re.compile(r"^(?P<host>.+)-(?P<pid>[0-9]+)-(?P<uid>[0-9a-f]{32})$")
+_LEGACY = re.compile(r"^(?:(?:damaged|removed)-)?[0-9a-f]{32}$")
 
 
 def tree_sha256(entries: Iterable[tuple[str, str]]) -> str:
@@ -61,22 +80,31 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _list_files(src: Path) -> list[tuple[str, Path]]:
-    """(relative posix path, absolute path) of every regular file under ``src``.
+def _list_files(src: Path, files: Sequence[str] | None = None) -> list[tuple[str, Path]]:
+    """(relative posix path, absolute path) of every file the artifact consists of.
+
+    Args:
+        src: a single file or a directory.
+        files: when given, exactly these relative names inside the directory ``src`` make up
+            the artifact; nothing else in it is read (so an interrupted atomic write's
+            ``.*.tmp`` leftover can never slip in). ``None``: every regular file under ``src``.
 
     Raises:
-        InvalidValue: on symlinks (their target is outside the artifact's control) or an empty
-            directory (nothing to store).
+        InvalidValue: on symlinks (their target is outside the artifact's control), an empty
+            directory (nothing to store) or a bad ``files`` entry.
+        NotFound: ``src`` or a listed file does not exist.
     """
     if src.is_symlink():
         raise InvalidValue(
             f"artifact path {str(src)!r} is a symlink; pass the real file or directory"
         )
+    if files is not None:
+        return _listed_files(src, files)
     if src.is_file():
         return [(src.name, src)]
     if not src.is_dir():
         raise NotFound(f"artifact path {str(src)!r} does not exist")
-    files: list[tuple[str, Path]] = []
+    found: list[tuple[str, Path]] = []
     for dirpath, dirnames, filenames in os.walk(src):
         for name in dirnames + filenames:
             p = Path(dirpath) / name
@@ -87,29 +115,87 @@ def _list_files(src: Path) -> list[tuple[str, Path]]:
                 )
         for name in filenames:
             p = Path(dirpath) / name
-            files.append((PurePosixPath(p.relative_to(src)).as_posix(), p))
-    if not files:
+            found.append((PurePosixPath(p.relative_to(src)).as_posix(), p))
+    if not found:
         raise InvalidValue(f"artifact directory {str(src)!r} holds no files")
-    return sorted(files)
+    return sorted(found)
 
 
-def hash_artifact(path: str | os.PathLike[str]) -> tuple[str, int]:
+def _listed_files(src: Path, files: Sequence[str]) -> list[tuple[str, Path]]:
+    """Check an explicit ``files=`` list against the directory ``src`` (see :func:`_list_files`)."""
+    if isinstance(files, (str, bytes)):
+        raise InvalidValue(
+            f"files={files!r} is a single string; pass a list of file names, e.g. [{files!r}]"
+        )
+    if not src.is_dir():
+        if src.exists():
+            raise InvalidValue(
+                f"files= needs a directory but artifact path {str(src)!r} is a file; "
+                "pass its folder as the artifact path"
+            )
+        raise NotFound(f"artifact path {str(src)!r} does not exist")
+    listed: dict[str, Path] = {}
+    for entry in files:
+        rel = _checked_entry(src, entry)
+        if rel in listed:
+            raise InvalidValue(f"files= lists {entry!r} twice (as {rel!r}); list each file once")
+        listed[rel] = src / rel
+    if not listed:
+        raise InvalidValue(f"files= is empty for artifact {str(src)!r}; list at least one file")
+    return sorted(listed.items())
+
+
+def _checked_entry(src: Path, entry: object) -> str:
+    """Normalised relative posix name of one ``files=`` entry, or a one-line error naming it.
+
+    Every component is checked for symlinks, not just the file: a symlinked subdirectory would
+    otherwise let ``sub/x`` read from outside the artifact.
+    """
+    if not isinstance(entry, str) or not entry.strip():
+        raise InvalidValue(f"files= entry {entry!r} is not a file name; pass relative names")
+    rel = PurePosixPath(entry)
+    if rel.is_absolute() or ".." in rel.parts or rel.parts in ((), (".",)):
+        raise InvalidValue(
+            f"files= entry {entry!r} is not a relative name inside {str(src)!r}; "
+            "drop leading '/' and any '..'"
+        )
+    p = src
+    for part in rel.parts:
+        p = p / part
+        if p.is_symlink():
+            raise InvalidValue(
+                f"files= entry {entry!r} is or goes through a symlink ({str(p)!r}); "
+                "copy its target in instead"
+            )
+    if not p.exists():
+        raise NotFound(f"files= entry {entry!r} does not exist in {str(src)!r}")
+    if not p.is_file():
+        raise InvalidValue(
+            f"files= entry {entry!r} in {str(src)!r} is not a regular file; list the files in it"
+        )
+    return rel.as_posix()
+
+
+def hash_artifact(
+    path: str | os.PathLike[str], files: Sequence[str] | None = None
+) -> tuple[str, int]:
     """Hash a file or directory the way the store addresses it.
 
     Args:
         path: a single file or a directory of files.
+        files: only these relative names inside the directory ``path`` (as passed to
+            :meth:`ArtifactStore.staged`); ``None`` for every file under it.
 
     Returns:
         ``(sha256, total size in bytes)``.
 
     Raises:
-        NotFound: when ``path`` does not exist.
-        InvalidValue: on symlinks or an empty directory.
+        NotFound: when ``path`` or a listed file does not exist.
+        InvalidValue: on symlinks, an empty directory or a bad ``files`` entry.
     """
-    src = Path(path)
-    files = _list_files(src)
-    entries = [(rel, file_sha256(p)) for rel, p in files]
-    return tree_sha256(entries), sum(p.stat().st_size for _, p in files)
+    listed = _list_files(Path(path), files)
+    entries = [(rel, file_sha256(p)) for rel, p in listed]
+    return tree_sha256(entries), sum(p.stat().st_size for _, p in listed)
 
 
 @dataclass(frozen=True)
@@ -143,12 +229,17 @@ class ArtifactStore:
 
     Args:
         root: directory to keep artifacts in; created when missing.
+        sweep: remove stale staging folders on open (see :meth:`sweep_stale_staging`).
+
+    Attributes:
+        swept: the staging folders removed when this store was opened.
     """
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], *, sweep: bool = True) -> None:
         self.root = Path(root).resolve()
         for sub in ("objects", "tmp", "locks"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
+        self.swept: tuple[Path, ...] = tuple(self.sweep_stale_staging()) if sweep else ()
 
     def __repr__(self) -> str:
         return f"ArtifactStore({str(self.root)!r})"
@@ -179,6 +270,43 @@ class ArtifactStore:
         """Whether an artifact with this hash is stored."""
         return self.path(self.location_for(sha256)).is_dir()
 
+    # -- staging area -----------------------------------------------------------------------------
+
+    def _tmp_dir(self) -> Path:
+        """A fresh, owner-named path in ``tmp/`` (not created): ``<hostname>-<pid>-<uuid hex>``."""
+        return self.root / "tmp" / f"{_hostname()}-{os.getpid()}-{uuid.uuid4().hex}"
+
+    def sweep_stale_staging(self, *, now: float | None = None) -> list[Path]:
+        """Remove staging folders left behind by killed writers; return the ones removed.
+
+        Removed: folders named ``<this host>-<pid>-<uuid hex>`` whose pid no longer runs
+        (``os.kill(pid, 0)`` raises ProcessLookupError), and ownerless old-format folders
+        (``<uuid hex>``, ``damaged-``/``removed-<uuid hex>``) last modified more than
+        :data:`LEGACY_STAGING_MAX_AGE_S` ago. Kept: other hosts' folders (their pids cannot be
+        checked from here), live pids' folders, and anything else. A reused pid only keeps a
+        stale folder a while longer; it never removes a live one. Failures are logged, not
+        raised: a leftover folder must not stop the store from opening.
+
+        Args:
+            now: clock for the age rule (``time.time()``); for tests.
+        """
+        now = time.time() if now is None else now
+        removed: list[Path] = []
+        try:
+            entries = sorted((self.root / "tmp").iterdir())
+        except OSError as e:
+            _log.warning("cannot list staging area %s: %s", self.root / "tmp", e)
+            return removed
+        for p in entries:
+            if p.is_dir() and not p.is_symlink() and _is_stale(p.name, p, now):
+                shutil.rmtree(p, ignore_errors=True)
+                if p.exists():
+                    _log.warning("could not remove stale staging folder %s", p)
+                else:
+                    _log.info("removed stale staging folder %s", p)
+                    removed.append(p)
+        return removed
+
     # -- writing ----------------------------------------------------------------------------------
 
     @contextmanager
@@ -198,23 +326,30 @@ class ArtifactStore:
                 fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
     @contextmanager
-    def staged(self, src: str | os.PathLike[str]) -> Iterator[StagedArtifact]:
+    def staged(
+        self, src: str | os.PathLike[str], files: Sequence[str] | None = None
+    ) -> Iterator[StagedArtifact]:
         """Copy ``src`` into the staging area, hashing the bytes written.
 
         The staging copy is deleted on exit unless :meth:`publish` moved it into place.
 
+        Args:
+            src: a single file or a directory.
+            files: when given, the artifact is exactly these relative names inside the
+                directory ``src``; nothing else there is read. ``None``: every file under it.
+
         Raises:
-            NotFound: ``src`` does not exist.
-            InvalidValue: ``src`` holds symlinks or no files.
+            NotFound: ``src`` or a listed file does not exist.
+            InvalidValue: ``src`` holds symlinks or no files, or a ``files`` entry is bad
+                (absolute, ``..``, a symlink, not a regular file, listed twice).
         """
-        source = Path(src)
-        files = _list_files(source)
-        tmp = self.root / "tmp" / uuid.uuid4().hex
+        listed = _list_files(Path(src), files)
+        tmp = self._tmp_dir()
         payload = tmp / "payload"
         try:
             entries: list[tuple[str, str]] = []
             size = 0
-            for rel, p in files:
+            for rel, p in listed:
                 dst = payload / rel
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 h = hashlib.sha256()
@@ -243,7 +378,7 @@ class ArtifactStore:
             if actual == staged.sha256:
                 return StoredArtifact(staged.sha256, staged.size_bytes, location, created=False)
             # A damaged copy under the right name: swap it for the good one.
-            aside = self.root / "tmp" / f"damaged-{uuid.uuid4().hex}"
+            aside = self._tmp_dir()
             os.replace(final, aside)
             shutil.rmtree(aside, ignore_errors=True)
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -251,9 +386,12 @@ class ArtifactStore:
         _fsync_dir(final.parent)
         return StoredArtifact(staged.sha256, staged.size_bytes, location, created=True)
 
-    def put(self, src: str | os.PathLike[str]) -> StoredArtifact:
-        """Stage, hash and publish ``src`` in one call (for use outside the registry)."""
-        with self.staged(src) as staged, self.lock(staged.sha256):
+    def put(
+        self, src: str | os.PathLike[str], files: Sequence[str] | None = None
+    ) -> StoredArtifact:
+        """Stage, hash and publish ``src`` (or only ``files`` in it) in one call, outside the
+        registry."""
+        with self.staged(src, files) as staged, self.lock(staged.sha256):
             return self.publish(staged)
 
     def remove(self, sha256: str) -> bool:
@@ -266,7 +404,7 @@ class ArtifactStore:
         if not final.is_dir():
             return False
         # Rename first so no reader ever sees a half-deleted directory under the real name.
-        aside = self.root / "tmp" / f"removed-{uuid.uuid4().hex}"
+        aside = self._tmp_dir()
         os.replace(final, aside)
         shutil.rmtree(aside, ignore_errors=True)
         return True
@@ -328,3 +466,36 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _hostname() -> str:
+    """This host's name as used in staging folder names (anything but ``[A-Za-z0-9._-]``
+    becomes ``_`` so the name is always one safe path component)."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname()) or "unknown-host"
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists here (a permission error means it does)."""
+    if pid <= 0:
+        return True  # 0 / negative would signal a process group: never treat as dead
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _is_stale(name: str, path: Path, now: float) -> bool:
+    """Whether the staging folder ``name`` is provably abandoned (rules in
+    :meth:`ArtifactStore.sweep_stale_staging`)."""
+    owned = _OWNED.match(name)
+    if owned:
+        return owned["host"] == _hostname() and not _pid_alive(int(owned["pid"]))
+    if _LEGACY.match(name):
+        try:
+            return now - path.stat().st_mtime > LEGACY_STAGING_MAX_AGE_S
+        except OSError:
+            return False
+    return False

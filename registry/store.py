@@ -518,6 +518,8 @@ class RegistryStore:
         tags: Mapping[str, str] | None = None,
         parents: Sequence[tuple[RefLike, str]] = (),
         aliases: Sequence[str] = (),
+        files: Sequence[str] | None = None,
+        on_published: Callable[[], None] | None = None,
     ) -> AdapterVersion:
         """Store an artifact and register it as the adapter's next version.
 
@@ -540,14 +542,24 @@ class RegistryStore:
             parents: ``(version reference, relation)`` lineage edges from the new version,
                 e.g. ``[("arc-easy:3", "continued_from")]``.
             aliases: aliases to point at the new version (``latest`` needs no setting).
+            files: relative names inside the directory ``artifact_path`` that make up the
+                artifact; nothing else there is read or stored (stray ``.*.tmp`` files from an
+                interrupted write stay out). ``None``: every file under it. The hash equals
+                ``hash_artifact(artifact_path, files=files)``.
+            on_published: called with no arguments once the artifact is complete under
+                ``objects/`` (holding its hash lock) and before the version row is inserted or
+                committed, i.e. while no version exists yet (a fault-injection point). If it
+                raises, no row is written and the artifact is removed unless another version
+                references it; the exception propagates.
 
         Returns:
             The new version.
 
         Raises:
-            NotFound: adapter, parent version or artifact path missing.
+            NotFound: adapter, parent version, artifact path or a listed file missing.
             InvalidName: bad method, relation, tag key, alias or metric name.
-            InvalidValue: out-of-range numbers, non-JSON config, symlinks or empty artifact.
+            InvalidValue: out-of-range numbers, non-JSON config, symlinks, empty artifact, or a
+                ``files`` entry that is absolute, has ``..``, is not a regular file or repeats.
         """
         fields = _validated_version_fields(
             method=method,
@@ -566,9 +578,12 @@ class RegistryStore:
         alias_names = [_validated_alias(a) for a in aliases]
         validate_name(adapter, "adapter name")
 
-        with self.artifacts.staged(artifact_path) as staged, self.artifacts.lock(staged.sha256):
+        staging = self.artifacts.staged(artifact_path, files)
+        with staging as staged, self.artifacts.lock(staged.sha256):
             stored = self.artifacts.publish(staged)
             try:
+                if on_published is not None:
+                    on_published()
                 return self._run(
                     lambda s: self._insert_version(
                         s,
