@@ -4,6 +4,7 @@ Contract for other packages — the pipeline talks only to :class:`Tracker`:
 
     tracker = Tracker(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.enabled, run_dir)
     tracker.start(run_name, tags)                    # -> run id | None
+    # or, after a crash: tracker.resume(run_id_from_old_run_json, tags)  # same run, no duplicate steps
     tracker.log_params(flatten_config(config_dict))
     strategy evaluator loggers: [MLflowLogger(tracker)]   # Avalanche metrics, step = x_plot
     tracker.log_metrics({"train/loss": 0.3}, step)

@@ -13,6 +13,9 @@ Design:
   ``max_consecutive_failures`` failures in a row the tracker stops calling MLflow. Everything
   logged is also appended to ``<run_dir>/tracking/metrics.jsonl`` *before* MLflow is tried,
   so the run directory always holds the full record.
+* :meth:`Tracker.resume` reopens a SIGKILLed run and skips what MLflow already holds (one
+  point per step); a SQLite store's first use is locked across processes
+  (:mod:`kroncl.tracking.resume`), so runs started together on a fresh ``mlflow.db`` all work.
 * For remote URIs the MLflow HTTP timeout/retries are shortened (``MLFLOW_HTTP_REQUEST_TIMEOUT``,
   ``MLFLOW_HTTP_REQUEST_MAX_RETRIES``, ``MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR``, only where the
   user has not set them, and only for the duration of each call), so an unreachable server
@@ -45,6 +48,7 @@ from kroncl.tracking.names import (
     scalar_value,
     truncate,
 )
+from kroncl.tracking.resume import reopen_run, split_params, sqlite_file_path, store_lock
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +73,14 @@ def _default_artifact_root(uri: str, runs_root: Path) -> str | None:
     """Local artifact root for database stores; ``None`` lets a server / file store decide."""
     if _is_remote(uri) or uri.startswith("databricks") or "://" not in uri or uri.startswith("file:"):
         return None
-    if uri.startswith("sqlite:///"):
-        db_path = Path(uri[len("sqlite:///"):])
-        if db_path.name and str(db_path) != ":memory:":
-            return (db_path.resolve().parent / "mlartifacts").as_uri()
+    db_path = sqlite_file_path(uri)
+    if db_path is not None:
+        return (db_path.resolve().parent / "mlartifacts").as_uri()
     return (runs_root.resolve() / "mlartifacts").as_uri()
+
+
+def _str_tags(tags: Mapping[str, Any] | None) -> dict[str, str]:
+    return {sanitize_name(k): truncate(str(v), MAX_TAG_VALUE_LENGTH) for k, v in (tags or {}).items()}
 
 
 def _slug(name: str) -> str:
@@ -155,6 +162,9 @@ class Tracker:
         self._matrix_rows_logged = 0
         self._matrix_baseline_logged = False
         self._matrix_final_logged = False
+        # Filled by resume(): what MLflow already holds, never sent again.
+        self._logged_steps: set[tuple[str, int]] = set()
+        self._logged_params: dict[str, str] = {}
 
     @classmethod
     def from_config(cls, cfg: Any, run_dir: str | Path, **kwargs: Any) -> Tracker:
@@ -208,34 +218,51 @@ class Tracker:
         """
         if not self.enabled:
             return None
-        if self.run_id is not None:
-            raise RuntimeError(f"Tracker already started run {self.run_id}; create a new Tracker per run")
-        str_tags = {sanitize_name(k): truncate(str(v), MAX_TAG_VALUE_LENGTH) for k, v in (tags or {}).items()}
-        self._append({"event": "start", "run_name": run_name, "experiment": self.experiment,
+        self._check_not_started()
+        str_tags = _str_tags(tags)
+        return self._create_run(run_name, str_tags)
+
+    def resume(self, run_id: str, tags: Mapping[str, Any] | None = None, *,
+               run_name: str | None = None) -> str | None:
+        """Reopen run ``run_id`` (e.g. after SIGKILL) instead of creating a new one.
+
+        Sets it back to RUNNING, sets ``tags``, writes ``tracking/run.json`` like :meth:`start`.
+        Afterwards :meth:`log_metrics` skips every ``(key, step)`` the run already holds
+        (recomputed values are the same; MLflow would chart two points per step) and
+        :meth:`log_params` skips params already logged (a changed value is warned about; MLflow
+        params are write-once). ``run_name`` names the new run made when ``run_id`` cannot be
+        reopened (default: the run directory's name).
+
+        Returns:
+            ``run_id``; if the store lacks the run, it is deleted or reopening failed, the id
+            of a new run made as :meth:`start` does (the reason is in :attr:`failures`);
+            ``None`` when disabled or MLflow failed.
+
+        Raises:
+            RuntimeError: if this tracker already started a run.
+        """
+        if not self.enabled:
+            return None
+        self._check_not_started()
+        str_tags = _str_tags(tags)
+        self._append({"event": "resume", "run_id": run_id, "experiment": self.experiment,
                       "tracking_uri": redact_uri(self.tracking_uri), "tags": str_tags})
-
-        def create() -> str:
-            client = self._get_client()
-            experiment_id = self._ensure_experiment(client)
-            run = client.create_run(experiment_id, run_name=run_name, tags=str_tags)
-            self.experiment_id = experiment_id
-            return run.info.run_id
-
-        self.run_id = self._call("start", create, need_run=False)
-        if self.run_id is not None:
-            atomic_write_text(
-                self.run_dir / TRACKING_DIR / RUN_INFO_NAME,
-                json.dumps({"run_id": self.run_id, "experiment_id": self.experiment_id,
-                            "experiment": self.experiment, "tracking_uri": redact_uri(self.tracking_uri)},
-                           indent=2) + "\n",
-            )
+        outcome = self._call("resume", lambda: self._reopen(run_id, str_tags), need_run=False)
+        if not isinstance(outcome, tuple):
+            if isinstance(outcome, str):  # the run is missing: not a store failure, not counted
+                self._record_failure("resume", LookupError(outcome), count=False)
+            return self._create_run(run_name or self.run_dir.name, str_tags, instead_of=run_id)
+        run, self._logged_steps = outcome
+        self._logged_params = dict(run.data.params)
+        self.run_id, self.experiment_id = run_id, run.info.experiment_id
+        self._write_run_info()
         return self.run_id
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Log run parameters (nested mappings are flattened with :func:`flatten_config`)."""
         if not self.enabled:
             return
-        flat = flatten_config(params)
+        flat = self._unlogged_params(flatten_config(params))
         if not flat:
             return
         self._append({"event": "params", "params": flat})
@@ -267,9 +294,10 @@ class Tracker:
                                     f"metric {name!r} is not a scalar ({type(value).__name__}); not logged")
                 continue
             clean[sanitize_name(name)] = number
+        step = int(step)
+        clean = {k: v for k, v in clean.items() if (k, step) not in self._logged_steps}
         if not clean:
             return
-        step = int(step)
         self._append({"event": "metrics", "step": step,
                       "metrics": {k: json_safe_number(v) for k, v in clean.items()}})
 
@@ -288,18 +316,9 @@ class Tracker:
         """Set run tags (values stringified, cut to MLflow's 8000-character limit)."""
         if not self.enabled or not tags:
             return
-        str_tags = {sanitize_name(k): truncate(str(v), MAX_TAG_VALUE_LENGTH) for k, v in tags.items()}
+        str_tags = _str_tags(tags)
         self._append({"event": "tags", "tags": str_tags})
-
-        def send() -> None:
-            from mlflow.entities import RunTag
-
-            items = [RunTag(k, v) for k, v in str_tags.items()]
-            for start in range(0, len(items), MAX_PARAMS_PER_BATCH):
-                self._get_client().log_batch(self.run_id, tags=items[start:start + MAX_PARAMS_PER_BATCH],
-                                             synchronous=True)
-
-        self._call("set_tags", send)
+        self._call("set_tags", lambda: self._send_tags(self.run_id, str_tags))
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         """Upload a file, or a directory's contents, under ``artifact_path`` of the run."""
@@ -386,6 +405,57 @@ class Tracker:
         self._call("end", lambda: self._get_client().set_terminated(self.run_id, status))
 
     # -- internals ------------------------------------------------------------------------
+
+    def _check_not_started(self) -> None:
+        if self.run_id is not None:
+            raise RuntimeError(f"Tracker already started run {self.run_id}; create a new Tracker per run")
+
+    def _create_run(self, run_name: str, str_tags: dict[str, str], **record: Any) -> str | None:
+        self._append({"event": "start", "run_name": run_name, "experiment": self.experiment,
+                      "tracking_uri": redact_uri(self.tracking_uri), "tags": str_tags, **record})
+
+        def create() -> str:
+            with store_lock(self.tracking_uri):  # first use may create the schema: one process at a time
+                client = self._get_client()
+                experiment_id = self._ensure_experiment(client)
+            run = client.create_run(experiment_id, run_name=run_name, tags=str_tags)
+            self.experiment_id = experiment_id
+            return run.info.run_id
+
+        self.run_id = self._call("start", create, need_run=False)
+        self._write_run_info()
+        return self.run_id
+
+    def _reopen(self, run_id: str, str_tags: dict[str, str]) -> tuple[Any, set[tuple[str, int]]] | str:
+        outcome = reopen_run(self._get_client(), run_id, self.tracking_uri)
+        if isinstance(outcome, tuple):
+            self._send_tags(run_id, str_tags)
+        return outcome
+
+    def _send_tags(self, run_id: str, str_tags: dict[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        items = [RunTag(k, v) for k, v in str_tags.items()]
+        for start in range(0, len(items), MAX_PARAMS_PER_BATCH):
+            self._get_client().log_batch(run_id, tags=items[start:start + MAX_PARAMS_PER_BATCH], synchronous=True)
+
+    def _unlogged_params(self, flat: dict[str, str]) -> dict[str, str]:
+        new, changed = split_params(flat, self._logged_params)
+        for key, (old, value) in changed.items():
+            self._warn_once(f"param:{key}", f"param {key!r}={value!r} differs from {old!r} logged before the "
+                            f"resume of run {self.run_id}; MLflow params cannot change, {old!r} stays "
+                            "(start a new run to record the new value)")
+        return new
+
+    def _write_run_info(self) -> None:
+        if self.run_id is None:
+            return
+        atomic_write_text(
+            self.run_dir / TRACKING_DIR / RUN_INFO_NAME,
+            json.dumps({"run_id": self.run_id, "experiment_id": self.experiment_id,
+                        "experiment": self.experiment, "tracking_uri": redact_uri(self.tracking_uri)},
+                       indent=2) + "\n",
+        )
 
     def _get_client(self) -> Any:
         if self._client is None:
