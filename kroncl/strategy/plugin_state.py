@@ -135,7 +135,8 @@ class SeededReplayBuffer(ExemplarsBuffer):
     Every row of experience ``e`` gets a weight from a ``torch.Generator`` seeded with
     ``experience_seed(seed, e)`` (the global RNG is neither read nor advanced, so replay cannot
     shift data order or dropout); each of the ``n`` experiences seen keeps its
-    ``max_size // n`` highest-weight rows. Its checkpoint state is those row indices (and their
+    ``max_size // n`` highest-weight rows (the remainder stays unused, so every experience
+    weighs the same). Its checkpoint state is those row indices (and their
     weights, for later shrinking), not the examples. ``seed=None`` takes the strategy's seed.
     """
 
@@ -179,6 +180,11 @@ class SeededReplayBuffer(ExemplarsBuffer):
         return state, {f"weights{SEP}{e}": w.clone() for e, w in self.weights.items()}
 
     def restore_checkpoint_state(self, state, tensors, *, strategy, train_stream) -> None:
+        if int(state["max_size"]) != self.max_size:
+            raise CheckpointError(
+                f"replay buffer was checkpointed with max_size={state['max_size']}, this run has "
+                f"{self.max_size}; resume with strategy.replay_mem_size={state['max_size']}"
+            )
         self.kept, self.weights, self._datasets = {}, {}, {}
         for key, rows in state["kept"].items():
             e = int(key)

@@ -44,17 +44,19 @@ def save_round_trip(tmp_path, strategy):
     """The checkpoint after an experience, through JSON text and safetensors files."""
     state, tensors = plugins_checkpoint_state(strategy.plugins)
     save_file(tensors, str(tmp_path / "plugins.safetensors"))
-    adapters = {f"{n}::{k}": t.contiguous() for n, sd in adapters_of(strategy).items() for k, t in sd.items()}
+    adapters = {f"{n}::{k}": t.contiguous()
+                for n, sd in adapters_of(strategy).items() for k, t in sd.items()}
     save_file(adapters, str(tmp_path / "adapters.safetensors"))
     text = json.dumps({"plugins": state, "adapter_sets": strategy.adapter_sets.state_dict()})
     return json.loads(text), load_file(str(tmp_path / "plugins.safetensors")), load_file(
         str(tmp_path / "adapters.safetensors"))
 
 
-def resumed(build, toy_tasks, plugin: str, saved, restore: bool):
+def resumed(build, toy_tasks, plugin: str | list[str], saved, restore: bool, mode="sequential"):
     """A fresh strategy resumed at experience 1 the way pipelines/continual.py resumes."""
     meta, plugin_tensors, adapter_tensors = saved
-    strategy, benchmark, _ = build(toy_tasks, plugins=[plugin])
+    plugins = [plugin] if isinstance(plugin, str) else plugin
+    strategy, benchmark, _ = build(toy_tasks, mode=mode, plugins=plugins)
     backbone = strategy.model.backbone
     by_set: dict[str, dict[str, torch.Tensor]] = {}
     for key, t in adapter_tensors.items():
@@ -107,7 +109,8 @@ def find(strategy, cls):
 
 
 @pytest.mark.parametrize("plugin", ["replay", "ewc", "lwf"])
-def test_resumed_plugin_state_trains_bit_exactly_like_an_uninterrupted_run(build, toy_tasks, tmp_path, plugin):
+def test_resumed_plugin_state_trains_bit_exactly_like_an_uninterrupted_run(
+        build, toy_tasks, tmp_path, plugin):
     a, bench_a, _ = build(toy_tasks, plugins=[plugin])
     spy = TaskLabelSpy()
     a.plugins.append(spy)
@@ -133,6 +136,18 @@ def test_resumed_plugin_state_trains_bit_exactly_like_an_uninterrupted_run(build
         assert all(term == 0 for exp, term in terms if exp == 0)
 
 
+def test_all_plugins_together_resume_bit_exactly_in_per_task_mode(build, toy_tasks, tmp_path):
+    plugins = ["replay", "lwf", "ewc"]
+    a, bench_a, _ = build(toy_tasks, mode="per_task", plugins=plugins)
+    train_experience(a, bench_a, 0)
+    saved = save_round_trip(tmp_path, a)
+    train_experience(a, bench_a, 1)
+    b, bench_b = resumed(build, toy_tasks, plugins, saved, restore=True, mode="per_task")
+    train_experience(b, bench_b, 1)
+    assert adapter_names(a.model.backbone) == ["task0", "task1"]
+    assert_same_adapters(adapters_of(a), adapters_of(b))
+
+
 def test_restored_ewc_and_lwf_state_equals_the_saved_one(build, toy_tasks, tmp_path):
     a, bench_a, _ = build(toy_tasks, plugins=["ewc", "lwf"])
     train_experience(a, bench_a, 0)
@@ -140,7 +155,8 @@ def test_restored_ewc_and_lwf_state_equals_the_saved_one(build, toy_tasks, tmp_p
     b, _ = resumed(build, toy_tasks, "ewc", saved, restore=False)
     b_lwf = ChoiceLwFPlugin()
     b.plugins.insert(0, b_lwf)
-    restore_plugins_state(b.plugins, saved[0]["plugins"], saved[1], strategy=b, train_stream=bench_a.train_stream)
+    restore_plugins_state(b.plugins, saved[0]["plugins"], saved[1], strategy=b,
+                          train_stream=bench_a.train_stream)
     ewc_a, ewc_b = find(a, DictEWCPlugin), find(b, DictEWCPlugin)
     for kind in ("importances", "saved_params"):
         got, want = getattr(ewc_b, kind), getattr(ewc_a, kind)
@@ -188,7 +204,7 @@ def test_replay_buffer_is_experience_balanced_and_keeps_its_highest_weights(buil
 def test_replay_buffer_is_deterministic_per_seed_and_leaves_the_global_rng_alone(build, toy_tasks):
     _, benchmark, _ = build(toy_tasks)
     rng = torch.get_rng_state()
-    one, two, other = SeededReplayBuffer(32, seed=5), SeededReplayBuffer(32, seed=5), SeededReplayBuffer(32, seed=6)
+    one, two, other = (SeededReplayBuffer(32, seed=s) for s in (5, 5, 6))
     for buffer in (one, two, other):
         fill(buffer, benchmark, 2)
     assert torch.equal(torch.get_rng_state(), rng)
@@ -213,7 +229,8 @@ def test_replay_buffer_state_rebuilds_the_same_buffer(build, toy_tasks):
 def test_missing_plugin_state_is_a_clear_checkpoint_error(build, toy_tasks, plugin, name):
     strategy, benchmark, _ = build(toy_tasks, plugins=[plugin])
     with pytest.raises(CheckpointError, match=name):
-        restore_plugins_state(strategy.plugins, {}, {}, strategy=strategy, train_stream=benchmark.train_stream)
+        restore_plugins_state(strategy.plugins, {}, {}, strategy=strategy,
+                              train_stream=benchmark.train_stream)
 
 
 def test_namespaced_keys_and_unsupported_stateful_plugins(build, toy_tasks):
@@ -225,3 +242,13 @@ def test_namespaced_keys_and_unsupported_stateful_plugins(build, toy_tasks):
     assert "ReplayPlugin/weights/0" in tensors
     with pytest.raises(CheckpointError, match="ReplayPlugin"):
         plugins_checkpoint_state([ReplayPlugin(mem_size=4)])  # avalanche's own storage
+
+
+def test_replay_state_of_another_memory_size_is_refused(build, toy_tasks):
+    _, benchmark, _ = build(toy_tasks)
+    buffer = SeededReplayBuffer(32, seed=1)
+    fill(buffer, benchmark, 1)
+    state, tensors = buffer.checkpoint_state()
+    with pytest.raises(CheckpointError, match="replay_mem_size=32"):
+        SeededReplayBuffer(16).restore_checkpoint_state(state, tensors, strategy=None,
+                                                        train_stream=benchmark.train_stream)
