@@ -1,5 +1,8 @@
 """Avalanche plugins of kroncl, and the factory that builds the configured set.
 
+Replay is avalanche-lib's ``ReplayPlugin`` over a :class:`~kroncl.strategy.plugin_state.SeededReplayBuffer`.
+The stateful plugins implement the checkpoint contract of :mod:`kroncl.strategy.plugin_state`.
+
 - :class:`AccuracyCollector` — our own per-experience test accuracy, the source of the
   accuracy matrix (avalanche-lib's ``AccuracyMatrixPluginMetric`` crashes on the evaluation
   before any training that forward transfer needs).
@@ -14,6 +17,8 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
+
 import torch
 from avalanche.training.plugins import EWCPlugin, LwFPlugin, ReplayPlugin, SupervisedPlugin
 from avalanche.training.regularization import LearningWithoutForgetting
@@ -22,6 +27,13 @@ from torch.utils.data import DataLoader
 
 from kroncl.adapters import adapter_layers
 from kroncl.config import StrategyConfig
+from kroncl.strategy.plugin_state import (
+    SeededReplayBuffer,
+    param_dicts_from_state,
+    param_dicts_to_state,
+    rebuild_teacher,
+    teacher_state,
+)
 
 
 class AccuracyCollector(SupervisedPlugin):
@@ -61,15 +73,59 @@ class ChoiceLwF(LearningWithoutForgetting):
 
 
 class ChoiceLwFPlugin(LwFPlugin):
-    """avalanche-lib's LwF plugin with :class:`ChoiceLwF` as its regulariser."""
+    """avalanche-lib's LwF plugin with :class:`ChoiceLwF` as its regulariser.
+
+    Checkpointable (see :mod:`kroncl.strategy.plugin_state`): the teacher is stored as its
+    adapter tensors only, since its frozen base is the resumed model's.
+    """
 
     def __init__(self, alpha: float = 1.0, temperature: float = 2.0) -> None:
         super().__init__(alpha=alpha, temperature=temperature)
         self.lwf = ChoiceLwF(alpha, temperature)
 
+    def checkpoint_state(self) -> tuple[dict, dict[str, torch.Tensor]]:
+        lwf = self.lwf
+        state = {
+            "expcount": lwf.expcount,
+            "prev_classes_by_task": {str(t): sorted(int(c) for c in cs)
+                                     for t, cs in sorted(lwf.prev_classes_by_task.items())},
+            "teacher": None,
+        }
+        tensors: dict[str, torch.Tensor] = {}
+        if lwf.prev_model is not None:
+            state["teacher"], teacher_tensors = teacher_state(lwf.prev_model)
+            tensors = {f"teacher/{k}": t for k, t in teacher_tensors.items()}
+        return state, tensors
+
+    def restore_checkpoint_state(self, state, tensors, *, strategy, train_stream) -> None:
+        lwf = self.lwf
+        lwf.expcount = int(state["expcount"])
+        lwf.prev_classes_by_task = defaultdict(set, {
+            int(t): set(cs) for t, cs in state["prev_classes_by_task"].items()})
+        lwf.prev_model = None
+        if state["teacher"] is not None:
+            own = {k[len("teacher/"):]: t for k, t in tensors.items() if k.startswith("teacher/")}
+            lwf.prev_model = rebuild_teacher(strategy.model, state["teacher"], own, strategy.device)
+
 
 class DictEWCPlugin(EWCPlugin):
-    """EWC over the trainable parameters of the current experience, for dict batches."""
+    """EWC over the trainable parameters of the current experience, for dict batches.
+
+    Checkpointable (see :mod:`kroncl.strategy.plugin_state`): importances and saved parameters
+    travel as tensors ``importance/<exp>/<param>`` and ``saved_params/<exp>/<param>``.
+    """
+
+    def checkpoint_state(self) -> tuple[dict, dict[str, torch.Tensor]]:
+        imp_names, imp = param_dicts_to_state("importance", self.importances)
+        saved_names, saved = param_dicts_to_state("saved_params", self.saved_params)
+        return {"importance": imp_names, "saved_params": saved_names}, {**imp, **saved}
+
+    def restore_checkpoint_state(self, state, tensors, *, strategy, train_stream) -> None:
+        owner, device = type(self).__name__, strategy.device
+        self.importances = defaultdict(dict, param_dicts_from_state(
+            "importance", state["importance"], tensors, device, owner))
+        self.saved_params = defaultdict(dict, param_dicts_from_state(
+            "saved_params", state["saved_params"], tensors, device, owner))
 
     def after_training_exp(self, strategy, **kwargs) -> None:
         exp_counter = strategy.clock.train_exp_counter
@@ -167,11 +223,16 @@ class OrthogonalPlugin(SupervisedPlugin):
         strategy.loss += self.lam * penalty
 
 
-def build_plugins(cfg: StrategyConfig, adapter_sets) -> list[SupervisedPlugin]:
-    """The configured continual-learning plugins, in a fixed order."""
+def build_plugins(cfg: StrategyConfig, adapter_sets, seed: int | None = None) -> list[SupervisedPlugin]:
+    """The configured continual-learning plugins, in a fixed order.
+
+    Every plugin with cross-experience state is checkpointable (:mod:`kroncl.strategy.plugin_state`).
+    ``seed`` seeds replay sampling; None takes the strategy's seed.
+    """
     plugins: list[SupervisedPlugin] = []
     if "replay" in cfg.plugins:
-        plugins.append(ReplayPlugin(mem_size=cfg.replay_mem_size))
+        buffer = SeededReplayBuffer(cfg.replay_mem_size, seed=seed)
+        plugins.append(ReplayPlugin(mem_size=cfg.replay_mem_size, storage_policy=buffer))
     if "lwf" in cfg.plugins:
         plugins.append(ChoiceLwFPlugin(alpha=cfg.lwf_alpha, temperature=cfg.lwf_temperature))
     if "ewc" in cfg.plugins:
