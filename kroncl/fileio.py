@@ -17,6 +17,8 @@ from pathlib import Path
 
 from kroncl.faults import fault_point
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read once: mkstemp makes 0600 files, the replaced file gets the usual mode
 _TEMP_NAME = re.compile(r"^\..+\.(?P<pid>\d+)\.[^.]+\.tmp$")
 
 
@@ -35,6 +37,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Pat
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     os.close(fd)
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)
         write(tmp)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())

@@ -10,7 +10,6 @@ Examples::
 from __future__ import annotations
 
 import secrets
-import shutil
 import sys
 from pathlib import Path
 
@@ -31,27 +30,30 @@ def main(cfg: DictConfig) -> None:
 
     from kroncl.config import load_settings
 
-    hydra_dir = Path(HydraConfig.get().runtime.output_dir)
+    hydra = HydraConfig.get()
+    hydra_dir = Path(hydra.runtime.output_dir)
     try:
         # Validate before importing the pipeline (avalanche-lib alone takes ~15 s to import),
         # so a bad override is reported at once.
         load_settings(OmegaConf.to_container(cfg, resolve=True))
         from pipelines.continual import run
 
-        run(cfg, hydra_dir=hydra_dir)
+        run(cfg, hydra_dir=hydra_dir, overrides=list(hydra.overrides.task))
     except KronclError as exc:
         # A user-facing error: its message says what to change; a traceback would bury it.
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     finally:
-        remove_if_unused(hydra_dir)
+        remove_if_empty(hydra_dir)
 
 
-def remove_if_unused(path: Path) -> None:
-    """Hydra creates its output folder (with ``.hydra/``) before the job starts; a job that did
-    not use it (a resume of another folder, a config error) must not leave it behind."""
-    if path.is_dir() and {p.name for p in path.iterdir()} <= {".hydra"}:
-        shutil.rmtree(path, ignore_errors=True)
+def remove_if_empty(path: Path) -> None:
+    """Hydra creates its output folder before the job starts; a job that did not use it (a
+    resume of another folder, a config error) must not leave it behind empty."""
+    try:
+        path.rmdir()  # removes only an empty folder
+    except OSError:
+        pass
 
 
 if __name__ == "__main__":

@@ -55,12 +55,8 @@ from kroncl.strategy.checkpoint import (
     save_checkpoint,
 )
 from kroncl.strategy.loop import run_stream
-from kroncl.strategy.plugins import (
-    AccuracyCollector,
-    build_plugins,
-    plugins_checkpoint_state,
-    restore_plugins_state,
-)
+from kroncl.strategy.plugin_state import plugins_checkpoint_state, restore_plugins_state
+from kroncl.strategy.plugins import AccuracyCollector, build_plugins
 from kroncl.strategy.template import KronclStrategy, seed_everything
 from kroncl.tracking import Tracker, flatten_config
 from pipelines.registration import Registrar
@@ -82,7 +78,8 @@ class RunResult:
     """True when a resume found the run finished and only reported it."""
 
 
-def run(cfg: DictConfig | dict, run_dir: Path | None = None, hydra_dir: Path | None = None) -> RunResult:
+def run(cfg: DictConfig | dict, run_dir: Path | None = None, hydra_dir: Path | None = None,
+        overrides: list[str] | None = None) -> RunResult:
     """Run (or resume) the job described by a composed Hydra config. Returns what it produced.
 
     Args:
@@ -90,6 +87,7 @@ def run(cfg: DictConfig | dict, run_dir: Path | None = None, hydra_dir: Path | N
         run_dir: write here (library use); default: ``run_dir=`` of the config, else
             ``hydra_dir``, else a new unique folder under ``<paths.runs>/<stream>/``.
         hydra_dir: Hydra's output directory when called from ``python -m kroncl.run``.
+        overrides: the command line's overrides, saved as ``overrides.yaml`` of a new run.
 
     Raises:
         ConfigError: bad settings, a changed configuration on resume, or a run directory that
@@ -102,7 +100,7 @@ def run(cfg: DictConfig | dict, run_dir: Path | None = None, hydra_dir: Path | N
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
         with RunLock(run_dir):
-            record = open_record(run_dir, settings, resuming)
+            record = open_record(run_dir, settings, resuming, overrides)
             if record.is_finished:
                 return report_finished(run_dir, record)
             handler = attach_log_file(run_dir)
@@ -119,8 +117,9 @@ def run(cfg: DictConfig | dict, run_dir: Path | None = None, hydra_dir: Path | N
         raise
 
 
-def open_record(run_dir: Path, settings: RunSettings, resuming: bool) -> RunRecord:
-    """This run's record: read back on resume (config checked), or new (config.yaml written)."""
+def open_record(run_dir: Path, settings: RunSettings, resuming: bool, overrides: list[str] | None) -> RunRecord:
+    """This run's record: read back on resume (config checked), or new (config.yaml and the
+    command line's overrides.yaml written)."""
     result_cfg = settings.result_config
     cfg_hash = config_hash(result_cfg)
     record = RunRecord.load(run_dir)
@@ -136,6 +135,8 @@ def open_record(run_dir: Path, settings: RunSettings, resuming: bool) -> RunReco
     if not (run_dir / "config.yaml").exists():
         atomic_write_text(run_dir / "config.yaml",
                           OmegaConf.to_yaml(OmegaConf.create(settings.resolved)))
+        if overrides is not None:
+            atomic_write_text(run_dir / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(overrides)))
     record.save(run_dir)
     return record
 
@@ -271,7 +272,7 @@ def build_strategy(settings: RunSettings, prep: Prepared, tracker: Tracker) -> K
         model=prep.model,
         adapter_sets=prep.sets,
         train=settings.train,
-        plugins=[*build_plugins(settings.strategy, prep.sets), AccuracyCollector()],
+        plugins=[*build_plugins(settings.strategy, prep.sets, seed=settings.seed), AccuracyCollector()],
         evaluator=evaluator,
         seed=settings.seed,
     )

@@ -86,7 +86,7 @@ def test_small_run_succeeds_and_prints_the_summary(cli):
     config = yaml.safe_load((run.run_dir / "config.yaml").read_text())
     assert config["stream"]["max_train"] == 48 and config["model"]["name"] == "tiny"
     assert config["paths"]["runs"] == str(run.runs_root)
-    assert yaml.safe_load((run.run_dir / ".hydra" / "overrides.yaml").read_text())[:2] == SMALL[:2]
+    assert yaml.safe_load((run.run_dir / "overrides.yaml").read_text())[:2] == SMALL[:2]
     for exp, task in enumerate(["toy_larger", "toy_smaller"]):
         assert (run.run_dir / "adapters" / f"exp{exp}-{task}" / "fp32" / "adapter.safetensors").is_file()
     assert (run.run_dir / "checkpoints" / "LATEST").is_file()
