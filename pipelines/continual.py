@@ -98,8 +98,8 @@ def run(cfg: DictConfig | dict, run_dir: Path | None = None, hydra_dir: Path | N
     run_dir, resuming = resolve_run_dir(settings, run_dir, hydra_dir)
     created = not run_dir.exists() or not any(run_dir.iterdir())
     run_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        with RunLock(run_dir):
+    with RunLock(run_dir):  # refused before anything is read or written when another run holds it
+        try:
             record = open_record(run_dir, settings, resuming, overrides)
             if record.is_finished:
                 return report_finished(run_dir, record)
@@ -111,10 +111,10 @@ def run(cfg: DictConfig | dict, run_dir: Path | None = None, hydra_dir: Path | N
                 if handler is not None:
                     logging.getLogger("kroncl").removeHandler(handler)
                     handler.close()
-    except KronclError:
-        if created and not started_anything(run_dir):
-            shutil.rmtree(run_dir, ignore_errors=True)  # a user error must not leave an empty run
-        raise
+        except KronclError:
+            if created and not started_anything(run_dir):
+                shutil.rmtree(run_dir, ignore_errors=True)  # a user error must not leave an empty run
+            raise
 
 
 def open_record(run_dir: Path, settings: RunSettings, resuming: bool, overrides: list[str] | None) -> RunRecord:

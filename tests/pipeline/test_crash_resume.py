@@ -29,11 +29,11 @@ from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 600
-CONFIG = [
+BASE = [
     "stream=toy", "model=tiny", "stream.max_train=48", "stream.max_test=24", "train.epochs=2",
-    "train.lr=0.01", "train.progress=false", "quant=int8", "strategy.plugins=[replay,ewc,lwf]",
-    "strategy.replay_mem_size=16",
+    "train.lr=0.01", "train.progress=false", "quant=int8", "strategy.replay_mem_size=16",
 ]
+CONFIG = [*BASE, "strategy.plugins=[replay,ewc,lwf]"]
 EXPERIENCES = 2
 
 # Each point of kroncl.faults.POINTS, at a place where losing state would show.
@@ -51,13 +51,13 @@ KILL_POINTS = [
 ]
 
 
-def kroncl_run(runs: Path, *args: str, fault: str | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def kroncl_run(runs: Path, *args: str, fault: str | None = None, config: list[str] = CONFIG) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "KRONCL_FAULT"}
     env["OMP_NUM_THREADS"] = "1"  # the same float reductions in every process
     if fault:
         env["KRONCL_FAULT"] = fault
-    return subprocess.run([sys.executable, "-m", "kroncl.run", *CONFIG, f"paths.runs={runs}", *args],
-                          cwd=cwd or REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
+    return subprocess.run([sys.executable, "-m", "kroncl.run", *config, f"paths.runs={runs}", *args],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
 
 
 def new_runs_root(base: Path, template: Path) -> Path:
@@ -160,6 +160,27 @@ def test_a_run_killed_at_each_point_resumes_to_the_uninterrupted_run(point, refe
 
     assert temp_files(run_dir, runs / "registry_artifacts") == []
     assert json.loads((run_dir / "run.json").read_text())["status"] == "finished"
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("plugin", ["replay", "ewc", "lwf"])
+def test_each_plugin_alone_resumes_to_the_uninterrupted_run(plugin, tmp_path, mlflow_db_template):
+    """Killed inside experience 1, whose training reads the plugin's state from experience 0."""
+    config = [*BASE, f"strategy.plugins=[{plugin}]"]
+    ref_runs = new_runs_root(tmp_path / "reference", mlflow_db_template)
+    assert kroncl_run(ref_runs, config=config).returncode == 0
+    runs = new_runs_root(tmp_path / "crashed", mlflow_db_template)
+    assert kroncl_run(runs, fault="train_step:exp=1:step=2", config=config).returncode == -signal.SIGKILL
+    (run_dir,) = run_dirs(runs)
+    resumed = kroncl_run(runs, f"resume={run_dir}", config=config)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    (ref_dir,) = run_dirs(ref_runs)
+    expected, got = adapter_tensors(ref_dir), adapter_tensors(run_dir)
+    assert sorted(got) == sorted(expected)
+    for key in expected:
+        assert torch.equal(got[key], expected[key]), key
+    assert (run_dir / "metrics" / "accuracy_matrix.json").read_text() == \
+        (ref_dir / "metrics" / "accuracy_matrix.json").read_text()
 
 
 @pytest.mark.integration

@@ -107,10 +107,16 @@ def test_avalanche_metrics_agree_with_the_accuracy_matrix(int4_run, mlflow_run):
         # zero-shot evaluation, then one evaluation after each experience, at growing iterations
         assert list(values) == pytest.approx([m.baseline[j]] + [m.rows[i][j] for i in range(len(TASKS))])
         assert list(steps) == sorted(set(steps)) and steps[0] == 0
-    forgetting = history(client, run.info.run_id, "avalanche/StreamForgetting/eval_phase/test_stream")
-    assert forgetting[-1][1] == pytest.approx(int4_run.result.summary["avalanche_forgetting"])
-    bwt = history(client, run.info.run_id, "avalanche/StreamBWT/eval_phase/test_stream")
-    assert bwt[-1][1] == pytest.approx(int4_run.result.summary["avalanche_bwt"])
+    # avalanche's forgetting/BWT/forward-transfer metrics keep history inside the process (wrong
+    # after a resume): not logged; the same values come from R (test_stream_metrics_over_time,
+    # tests/metrics/test_avalanche_reference.py checks them against avalanche itself).
+    assert not [k for k in run.data.metrics if k.startswith("avalanche/") and
+                any(w in k for w in ("Forgetting", "BWT", "ForwardTransfer"))]
+    last = len(TASKS) - 1
+    assert history(client, run.info.run_id, "stream/avalanche_forgetting")[-1] == \
+        (last, pytest.approx(int4_run.result.summary["avalanche_forgetting"]))
+    assert history(client, run.info.run_id, "stream/avalanche_bwt")[-1] == \
+        (last, pytest.approx(int4_run.result.summary["avalanche_bwt"]))
     for j in range(len(TASKS)):
         loss = history(client, run.info.run_id, f"avalanche/Loss_Epoch/train_phase/train_stream/Task{j:03d}")
         assert len(loss) == 1 and 0 < loss[0][1] < 10  # train.epochs=1
