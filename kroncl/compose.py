@@ -10,7 +10,7 @@ Three ways to compose:
   folds ΔW into the base weights (``merge_adapter``), so a forward costs what the base costs.
 * **several resident adapters** -- one adapter set per task, side by side in every adapted
   layer; :class:`ComposedModel` routes each row of a batch to its task's set by the batch's
-  ``task_labels`` (``kroncl.strategy.adapter_sets.routed_forward``). Label ``i`` is the ``i``-th
+  ``task_labels`` (``kroncl.adapters.routing.routed_forward``). Label ``i`` is the ``i``-th
   task passed in.
 * **task arithmetic** -- :func:`weighted_sum` builds ``ΔW = Σ_i w_i ΔW_i`` per layer as one new
   adapter. A sum of Kronecker products is not one Kronecker product of the same shape, so the
@@ -50,7 +50,7 @@ from kroncl.adapters import (
     unmerge_adapters,
 )
 from kroncl.errors import KronclError
-from kroncl.strategy.adapter_sets import routed_forward
+from kroncl.adapters.routing import routed_forward
 
 if TYPE_CHECKING:
     from kroncl.data.example import MCExample

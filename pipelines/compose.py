@@ -48,6 +48,7 @@ from kroncl.models import ModelConfig, build_model
 from pipelines.registration import base_model_identity, registry_name
 from registry import MERGED_FROM, AdapterVersion, HashMismatch, RegistryError, RegistryStore, parse_ref
 from registry.db import default_artifact_root, default_url
+from registry.names import RUN_TAG
 
 EXIT_ERROR = 2
 COMPOSITION_KIND = "task_arithmetic"
@@ -93,16 +94,20 @@ def open_store(url: str | None = None, artifacts: str | Path | None = None) -> R
 
 
 def newest_for_task(
-    store: RegistryStore, task: str, *, bits: int | None = None, base_model: str | None = None
+    store: RegistryStore, task: str, *, bits: int | None = None, base_model: str | None = None,
+    run: str | None = None,
 ) -> AdapterVersion:
-    """The newest version (by registration time) trained on ``task``.
+    """The newest version (by registration time) trained on ``task`` (by run ``run`` if given).
 
     Raises:
         NotFound: ``task`` or ``base_model`` is not registered (the registry's message).
         ComposeError: no version matches ``bits``, or the task has versions on several base
             models and ``base_model`` is None.
     """
-    found = store.search_versions(task=task, base_model=base_model)
+    found = store.search_versions(task=task, base_model=base_model, tags={RUN_TAG: run} if run else None)
+    if run and not found:
+        raise ComposeError(f"run {run!r} registered no version of task {task!r}; list its versions with "
+                           f"python -m registry list --run {run}")
     if bits is not None:
         matching = [v for v in found if v.bits == bits]
         if not matching:
@@ -127,8 +132,12 @@ def select_versions(
     *,
     bits: int | None = None,
     base_model: str | None = None,
+    run: str | None = None,
 ) -> list[AdapterVersion]:
     """Resolve refs (``ADAPTER``, ``ADAPTER:N``, ``ADAPTER@ALIAS``) and tasks to versions, in order.
+
+    Tasks resolve to their newest version, of run ``run`` (its ``run.json`` id) when given: the
+    way to take one run's adapters out of a registry several runs or a sweep write to.
 
     A bare ``ADAPTER`` with ``bits`` picks the adapter's newest version of that precision; an
     explicit number or alias must have it.
@@ -153,7 +162,7 @@ def select_versions(
             if bits is not None and v.bits != bits:
                 raise ComposeError(f"{text!r} is {v.ref}, a {v.bits}-bit version, but --bits {bits} was asked")
         out.append(v)
-    out += [newest_for_task(store, t, bits=bits, base_model=base_model) for t in tasks]
+    out += [newest_for_task(store, t, bits=bits, base_model=base_model, run=run) for t in tasks]
     refs_seen = [v.ref for v in out]
     dupes = sorted({r for r in refs_seen if refs_seen.count(r) > 1})
     if dupes:
@@ -515,6 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "else registry_artifacts/ beside the SQLite file)")
     g.add_argument("--task", action="append", default=[], help="add the newest version of TASK (repeatable)")
     g.add_argument("--bits", type=int, choices=(32, 16, 8, 4), help="only versions of this precision")
+    g.add_argument("--run", metavar="RUN_ID", help="with --task: that run's version (the run_id in its run.json)")
     g.add_argument("--base-model", help="registry base model, when a task has versions on several")
     g = p.add_argument_group("base model")
     g.add_argument("--model", help="base model name replacing the stored config.run.model (e.g. minilm, tiny)")
@@ -536,6 +546,21 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--save", metavar="DIR", help="write the composed model (merged: a plain HF model folder)")
     g.add_argument("--json", action="store_true", help="print the summary as JSON")
     return p
+
+
+def why_chosen(version: AdapterVersion, args: argparse.Namespace) -> str:
+    """Which rule picked ``version`` and which run made it: a bare ``--task`` takes the newest
+    version, so the summary says whose it is (a sweep writes many versions of each task)."""
+    if version.task in args.task and version.ref not in args.refs:
+        rule = (f"newest{f' {args.bits}-bit' if args.bits else ''} version of task {version.task}"
+                + (f" from run {args.run}" if args.run else "") + f", registered {version.created_at:%Y-%m-%d %H:%M:%S}")
+    else:
+        rule = "named on the command line"
+    t = version.tags
+    if RUN_TAG in t:
+        rule += (f"; made by run {t[RUN_TAG]} (stream {t.get('stream')}, strategy {t.get('strategy')}, "
+                 f"seed {t.get('seed')}, experience {t.get('experience')})")
+    return rule
 
 
 def summary_dict(composition: Composition, evals: Sequence[EvalResult], combined: AdapterVersion | None,
@@ -579,6 +604,8 @@ def format_summary(s: dict[str, Any]) -> str:
         shape = f"a={e['a_out']}x{e['a_in']} r={e['r']}" if e["a_out"] else f"r={e['r']}"
         lines.append(f"   label {e['label']}  {e['task']:<16} <- {e['version']:<28} {e['method']} {shape} "
                      f"{e['bits']}-bit  {e['params'] or 0:,} params  sha256 {e['sha256'][:12]}")
+        if e.get("chosen"):
+            lines.append(f"            chosen: {e['chosen']}")
     t = s["timings"]
     lines.append("   timings: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in t.items())
                  + f"  (total {sum(t.values()):.2f} s)")
@@ -605,7 +632,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     store = open_store(args.registry_url, args.artifacts)
     try:
         started = time.perf_counter()
-        versions = select_versions(store, args.refs, args.task, bits=args.bits, base_model=args.base_model)
+        versions = select_versions(store, args.refs, args.task, bits=args.bits, base_model=args.base_model,
+                                   run=args.run)
         select_s = time.perf_counter() - started
         combined = None
         sources = versions
@@ -625,6 +653,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             evals = evaluate(composition, eval_tasks, data_dir=args.data_dir, max_test=args.max_test,
                              batch_size=args.batch_size, sources=sources)
         summary = summary_dict(composition, evals, combined, None)
+        if combined is None:  # the task-arithmetic line already says where a combined set came from
+            for entry, v in zip(summary["sets"], composition.versions):
+                entry["chosen"] = why_chosen(v, args)
         if args.save:
             summary["saved"] = str(save_composition(composition, args.save))
         return summary

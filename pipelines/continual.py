@@ -44,7 +44,8 @@ from kroncl.faults import fault_point
 from kroncl.fileio import atomic_write_text, remove_stale_temp_files
 from kroncl.metrics import AccuracyMatrix
 from kroncl.models import build_model
-from kroncl.quant import QuantScheme, artifact_bytes, quantize_tensors
+from kroncl.evaluate import evaluate_accuracy, swapped_adapter
+from kroncl.quant import QuantScheme, artifact_bytes, dequantize_tensors, quantize_tensors
 from kroncl.quant.measure import quantization_error
 from kroncl.strategy.adapter_sets import AdapterSets
 from kroncl.strategy.checkpoint import (
@@ -157,6 +158,8 @@ class Prepared:
     sets: AdapterSets
     benchmark: Any
     param_counts: dict[str, int]
+    dropped_rows: dict[str, dict[str, int]]
+    """task -> split -> rows dropped as invalid (data.strict=false), for the summary files."""
 
 
 def prepare(settings: RunSettings) -> Prepared:
@@ -177,7 +180,8 @@ def prepare(settings: RunSettings) -> Prepared:
     log.info("adapters: %s on %d layers, %d trainable parameters per set",
              adapter_cfg.method, len(replaced), param_counts["adapter_set"])
     benchmark = make_benchmark(tasks, model, cache_dir=settings.cache_dir)
-    return Prepared(task_names, model, adapter_cfg, sets, benchmark, param_counts)
+    dropped = {t.name: {split: len(ids) for split, ids in t.dropped.items() if ids} for t in tasks}
+    return Prepared(task_names, model, adapter_cfg, sets, benchmark, param_counts, dropped)
 
 
 def restore(prep: Prepared, checkpoint: Checkpoint) -> AccuracyMatrix:
@@ -206,18 +210,19 @@ def run_in(run_dir: Path, settings: RunSettings, resolved: dict[str, Any], recor
     elif record.mlflow_run_id is not None:
         log.info("resuming %s from its start (killed before the first checkpoint)", run_dir)
 
-    tracker = open_tracking(settings, run_dir, record, resolved, prep.param_counts)
-    strategy = build_strategy(settings, prep, tracker)
+    # The registry first: a base model it cannot take is a user error, before any MLflow run.
     registrar = Registrar.from_config(settings, prep.model, prep.adapter_cfg, record.mlflow_run_id,
                                       run_id=record.run_id)
-    recorder = ExperienceRecorder(run_dir, settings, prep, strategy, tracker, registrar, record)
-    start = 0
-    if checkpoint is not None:
-        start = checkpoint.next_experience
-        recorder.restore(checkpoint)
-
+    tracker = open_tracking(settings, run_dir, record, resolved, prep.param_counts)
+    registrar.mlflow_run_id = record.mlflow_run_id
     started = time.perf_counter()
     try:
+        strategy = build_strategy(settings, prep, tracker)
+        recorder = ExperienceRecorder(run_dir, settings, prep, strategy, tracker, registrar, record)
+        start = 0
+        if checkpoint is not None:
+            start = checkpoint.next_experience
+            recorder.restore(checkpoint)
         run_stream(strategy, prep.benchmark, matrix, start=start,
                    on_experience_end=recorder, log=log.info)
     except KeyboardInterrupt:
@@ -346,17 +351,30 @@ class ExperienceRecorder:
         q_dir = save_adapter(out / scheme_name, packed, cfg, base_model=registrar.base_model,
                              extra={"quantization": meta, "task": task, "experience": index})
         report = quantization_error(self.prep.model.backbone, name, packed, meta)
+        quant_acc = self.measure_stored(index, name, dequantize_tensors(packed, meta))
         record.update({
             "quant_dir": str(q_dir), "quant_bytes": artifact_bytes(packed),
-            "quant_scheme": scheme_name, "delta_rel_error": report.summary(),
+            "quant_scheme": scheme_name, "delta_rel_error": report.summary(), "quant_acc": quant_acc,
         })
         record["quant_ref"] = registrar.register(
-            task, q_dir, bits=self.scheme.bits, metrics={**metrics, **report.summary()},
+            task, q_dir, bits=self.scheme.bits, metrics={"acc": quant_acc, **report.summary()},
             param_count=counts["adapter_set"], experience=index, quantized_from=record["fp32_ref"])
         self.tracker.log_metrics({f"quant/{task}/delta_rel_error_mean": report.mean,
-                                  f"quant/{task}/bytes_ratio": record["quant_bytes"] / record["fp32_bytes"]},
+                                  f"quant/{task}/bytes_ratio": record["quant_bytes"] / record["fp32_bytes"],
+                                  f"quant/{task}/acc": quant_acc},
                                  step=index)
         return record
+
+    def measure_stored(self, index: int, name: str, tensors) -> float:
+        """Test accuracy on experience ``index``'s task with set ``name`` holding ``tensors``
+        (the dequantized artifact): the number its registry version records is measured on
+        what is stored, not copied from the fp32 adapter. The set is restored afterwards."""
+        strategy = self.strategy
+        with swapped_adapter(self.prep.model.backbone, name, tensors):
+            return evaluate_accuracy(
+                self.prep.model, self.prep.benchmark.test_stream[index].dataset, self.prep.sets.route,
+                batch_size=self.settings.train.eval_batch_size, device=strategy.device,
+                autocast=strategy._autocast)
 
     def checkpoint(self, index: int, name: str, tensors, matrix: AccuracyMatrix) -> None:
         backbone = self.prep.model.backbone
@@ -395,13 +413,14 @@ def finish(run_dir: Path, settings: RunSettings, prep: Prepared, matrix: Accurac
                        [r.get("quant_ref") or r["fp32_ref"] for r in produced if r.get("fp32_ref")],
                        produced)
     text = format_summary(
-        result, settings=settings, param_counts=prep.param_counts, tracker=tracker,
+        result, settings=settings, param_counts=prep.param_counts, dropped_rows=prep.dropped_rows, tracker=tracker,
         registry_url=registrar.url, elapsed=elapsed,
         registry_artifacts=str(registrar.store.artifacts.root) if registrar.store is not None else None,
     )
     atomic_write_text(run_dir / "summary.txt", text)
     atomic_write_text(run_dir / "summary.json", json.dumps(
         {"summary": summary, "artifacts": produced, "param_counts": prep.param_counts,
+         "dropped_rows": prep.dropped_rows,
          "mlflow_run_id": record.mlflow_run_id, "tracking_failures": len(tracker.failures)},
         indent=2, default=str))
     tracker.end("FINISHED")

@@ -23,11 +23,13 @@ import torch
 
 from kroncl.adapters import AdapterConfig
 from kroncl.adapters.io import CONFIG_NAME, WEIGHTS_NAME
+from kroncl.config import config_hash
+from kroncl.errors import ConfigError
 from kroncl.faults import fault_point
+from registry.names import RUN_TAG
 
 ARTIFACT_FILES = (WEIGHTS_NAME, CONFIG_NAME)
 """The files of one adapter artifact, exactly (what :func:`kroncl.adapters.save_adapter` writes)."""
-RUN_TAG = "kroncl.run"
 
 _NAME_OK = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -61,6 +63,25 @@ def base_model_identity(model) -> tuple[str, str]:
     return (name if "/" in name else registry_name(name)), digest.hexdigest()[:16]
 
 
+def register_base(store, name: str, revision: str, head_seed: int, url: str) -> None:
+    """Register the base model, or say what to change when the registry knows other weights
+    under its name (another checkpoint, or another head init ``model.seed``)."""
+    from registry.errors import Conflict
+
+    try:
+        store.register_base_model(name, revision=revision)
+    except Conflict:
+        registered = store.get_base_model(name).revision
+        raise ConfigError(
+            f"the registry {url} already holds base model {name!r} with other weights (revision "
+            f"{registered}; these weights hash to {revision}). The "
+            f"frozen weights here (head initialised with model.seed={head_seed}) are not the ones its "
+            "adapters were trained on: keep model.seed and the checkpoint of the earlier runs (the "
+            "run's seed= may change freely), or use a registry of its own (registry.url=..., "
+            "registry.artifacts=...)"
+        ) from None
+
+
 @dataclass
 class Registrar:
     """Thin adapter between the pipeline and ``registry.RegistryStore`` (None = disabled)."""
@@ -91,9 +112,17 @@ class Registrar:
             artifacts = settings.registry.artifacts or str((root / "registry_artifacts").resolve())
             root.mkdir(parents=True, exist_ok=True)
             store = RegistryStore(url, artifacts)
-            store.register_base_model(base_name, revision=revision)
+            register_base(store, base_name, revision, settings.model.seed, url)
         return cls(store, url, base_name, revision, adapter_cfg,
                    registry_name(settings.model.name), mlflow_run_id, settings.result_config, run_id)
+
+    def run_tags(self) -> dict[str, str]:
+        """What every version of this run carries: the run's id and what it ran (select a run or
+        a sweep with ``python -m registry list --run ID`` or ``--tag seed=1``)."""
+        cfg = self.run_config
+        return {RUN_TAG: self.run_id, "stream": str(cfg.get("stream", {}).get("name")),
+                "strategy": str(cfg.get("strategy", {}).get("mode")), "seed": str(cfg.get("seed")),
+                "config_hash": config_hash(cfg)}
 
     def restore(self, state: dict[str, Any]) -> None:
         self.previous = state.get("previous")
@@ -123,10 +152,10 @@ class Registrar:
             parents.append((quantized_from, "quantized_from"))
         elif self.previous is not None:
             parents.append((self.previous, "continued_from"))
-        tags = {RUN_TAG: self.run_id, "experience": str(experience), "stream_task": task,
-                "strategy": str(self.run_config.get("strategy", {}).get("mode"))}
+        tags = {**self.run_tags(), "experience": str(experience), "stream_task": task}
         existing = self.store.search_versions(
-            adapter=adapter, bits=bits, tags={RUN_TAG: self.run_id, "experience": str(experience)})
+            adapter=adapter, bits=bits, tags={RUN_TAG: self.run_id, "experience": str(experience)}
+        ) if self.run_id else []  # no run identity (library use): nothing to be idempotent on
         if existing:  # made by this run before it was killed: the same tensors, bit for bit
             version = existing[0]
         else:

@@ -25,8 +25,16 @@ def _fmt(value: Any) -> str:
     return "n/a" if value is None else f"{value:+.3f}" if isinstance(value, float) else str(value)
 
 
+def format_dropped(dropped_rows: dict[str, dict[str, int]]) -> str:
+    """``dropped rows (invalid, data.strict=false): arc_easy train 3, test 1`` or ``... none``."""
+    parts = [f"{task} " + ", ".join(f"{split} {n}" for split, n in splits.items())
+             for task, splits in dropped_rows.items() if splits]
+    return "dropped rows (invalid, see run.log): " + ("; ".join(parts) if parts else "none")
+
+
 def format_summary(result, *, settings, param_counts: dict[str, int], tracker, registry_url: str | None,
-                   elapsed: float, registry_artifacts: str | None = None) -> str:
+                   elapsed: float, registry_artifacts: str | None = None,
+                   dropped_rows: dict[str, dict[str, int]] | None = None) -> str:
     s = result.summary
     out = [
         "",
@@ -42,13 +50,15 @@ def format_summary(result, *, settings, param_counts: dict[str, int], tracker, r
         "",
         f"parameters: base {param_counts['base']:,} frozen; adapter set "
         f"{param_counts['adapter_set']:,} trainable on {param_counts['adapted_layers']} layers",
+        format_dropped(dropped_rows or {}),
     ]
     for rec in result.artifacts:
         line = f"  exp {rec['experience']} {rec['task']}: fp32 {rec['fp32_bytes']:,} B"
         if rec.get("quant_bytes") is not None:
             err = rec["delta_rel_error"]["quant_rel_err_mean"]
             line += (f", {rec['quant_scheme']} {rec['quant_bytes']:,} B "
-                     f"({rec['quant_bytes'] / rec['fp32_bytes']:.3f}x, ΔW rel. error {err:.4f})")
+                     f"({rec['quant_bytes'] / rec['fp32_bytes']:.3f}x, ΔW rel. error {err:.4f}, "
+                     f"acc {rec['quant_acc']:.3f})")
         refs = [r for r in (rec.get("fp32_ref"), rec.get("quant_ref")) if r]
         if refs:
             line += "  registry: " + ", ".join(refs)

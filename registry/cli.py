@@ -17,7 +17,7 @@ from typing import Any
 from registry.db import DEFAULT_URL, ENV_ARTIFACT_ROOT, ENV_URL, default_url
 from registry.entities import AdapterVersion, LineageEntry
 from registry.errors import InvalidValue, RegistryError
-from registry.names import parse_ref
+from registry.names import RUN_TAG, parse_ref
 from registry.store import RegistryStore
 from registry.tables import format_metrics, format_table, human_size, to_jsonable
 
@@ -79,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--method")
     ls.add_argument("--bits", type=int)
     ls.add_argument("--tag", type=_tag_arg, action="append", default=[], metavar="KEY=VALUE")
+    ls.add_argument("--run", metavar="RUN_ID",
+                    help="versions of one kroncl run (its run.json run_id; same as --tag kroncl.run=RUN_ID)")
     ls.add_argument(
         "--min-metric",
         type=_metric_arg,
@@ -212,6 +214,8 @@ def run(args: argparse.Namespace) -> tuple[Any, str, int]:
         cmd = args.command
         if cmd == "list":
             tags = dict(args.tag)
+            if args.run:
+                tags[RUN_TAG] = args.run
             versions = store.search_versions(
                 adapter=args.adapter,
                 task=args.task,

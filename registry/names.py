@@ -120,3 +120,7 @@ def parse_ref(text: str) -> VersionRef:
             validate_name(adapter, "adapter name"), alias=validate_name(alias, "alias")
         )
     return VersionRef(validate_name(text, "adapter name"), alias=LATEST)
+
+
+RUN_TAG = "kroncl.run"
+"""Version tag holding the id of the training run that made it (the pipeline sets it)."""

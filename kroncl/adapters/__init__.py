@@ -30,6 +30,7 @@ from kroncl.adapters.inject import (
     unmerge_adapters,
 )
 from kroncl.adapters.io import LoadedAdapter, load_adapter, load_adapter_into, save_adapter
+from kroncl.adapters.routing import routed_forward
 from kroncl.adapters.layers import AdapterLinear, DenseDeltaLinear, KronLoRALinear, LoRALinear
 from kroncl.adapters.math import (
     KronShape,
@@ -44,6 +45,7 @@ from kroncl.adapters.math import (
 from kroncl.adapters.peft_interop import export_peft_lokr, import_peft_lokr, read_peft_lokr
 
 __all__ = [
+    "routed_forward",
     "METHODS",
     "AdapterConfig",
     "LoadResult",

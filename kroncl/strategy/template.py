@@ -31,7 +31,8 @@ from tqdm.auto import tqdm
 from kroncl.config import TrainConfig
 from kroncl.errors import ConfigError
 from kroncl.faults import fault_point
-from kroncl.strategy.adapter_sets import AdapterSets, routed_forward
+from kroncl.adapters.routing import routed_forward
+from kroncl.strategy.adapter_sets import AdapterSets
 from kroncl.strategy.schedule import lr_multiplier
 
 

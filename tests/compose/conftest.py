@@ -36,6 +36,7 @@ from pipelines.registration import Registrar, base_model_identity
 from registry import RegistryStore
 
 TASKS = ("toy_larger", "toy_smaller")
+RUN_ID = "compose-tests-run"
 MODEL_NODE = {"name": "tiny", "seed": 0, "max_length": 64}
 STREAM_NODE = {"name": "toy", "tasks": list(TASKS), "seed": 0, "max_train": 64, "max_test": 24,
                "validation_fraction": 0.1, "test_fraction": 0.3}
@@ -117,8 +118,8 @@ def _train_and_register(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     inject_adapters(model.backbone, KRON, adapter_name="task0")
     base_name, revision = base_model_identity(model)
     store.register_base_model(base_name, revision=revision)
-    run_config = {"model": MODEL_NODE, "stream": STREAM_NODE, "strategy": {"mode": "per_task"}}
-    registrar = Registrar(store, url, base_name, revision, KRON, "tiny", None, run_config)
+    run_config = {"model": MODEL_NODE, "stream": STREAM_NODE, "strategy": {"mode": "per_task"}, "seed": 0}
+    registrar = Registrar(store, url, base_name, revision, KRON, "tiny", None, run_config, run_id=RUN_ID)
     out = Trained(model=model, store=store, url=url, artifacts=root / "registry_artifacts")
 
     for i, task in enumerate(TASKS):

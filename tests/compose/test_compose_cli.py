@@ -39,9 +39,23 @@ def test_multi_task_summary_text(trained, capsys):
     # REFs come first, then --task picks, in label order.
     assert "label 0  toy_smaller" in text and "label 1  toy_larger" in text
     assert f"<- {trained.refs['toy_larger']} " in text  # --bits 32 picked the fp32 version
+    # ... and the summary says why, and whose version it is
+    assert "chosen: newest 32-bit version of task toy_larger, registered " in text
+    assert "chosen: named on the command line" in text
+    assert "made by run compose-tests-run (stream toy, strategy per_task, seed 0, experience 0)" in text
     for task in ("toy_larger", "toy_smaller"):
         registered = trained.store.get_version(trained.refs[task]).metrics["acc"]
         assert f"eval {task}: test 24 rows, acc={registered:.4f}" in text
+
+
+def test_run_selects_that_runs_versions(trained, capsys):
+    assert main(_args(trained, "--task", "toy_larger", "--run", "compose-tests-run", "--json")) == 0
+    (entry,) = json.loads(capsys.readouterr().out)["sets"]
+    assert entry["version"] == trained.refs["toy_larger@int8"]  # the run's newest toy_larger version
+    assert main(_args(trained, "--task", "toy_larger", "--run", "another-run")) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("error: run 'another-run' registered no version of task 'toy_larger'; list its versions "
+                   "with python -m registry list --run another-run")
 
 
 def test_eval_equals_accuracy_of_the_library_parts(trained):

@@ -87,6 +87,21 @@ def test_int4_files_dequantize_to_the_quantized_fp32_adapter(int4_run):
             assert err < 0.3, (key, float(err))
 
 
+def test_quantized_versions_record_the_accuracy_of_what_is_stored(int4_run, int4_eval):
+    """The int4 version's registered acc is measured on the int4 artifact, not copied from fp32."""
+    from registry import RegistryStore
+
+    store = RegistryStore(f"sqlite:///{int4_run.runs_root / 'registry.db'}", int4_run.runs_root / "registry_artifacts")
+    try:
+        for i, rec in enumerate(int4_run.result.artifacts):
+            measured = int4_eval.accuracy(f"int4-{i}", i)  # an independent path: files -> fresh model
+            assert store.get_version(rec["quant_ref"]).metrics["acc"] == pytest.approx(measured)
+            assert rec["quant_acc"] == pytest.approx(measured)
+            assert store.get_version(rec["fp32_ref"]).metrics["acc"] == pytest.approx(int4_eval.accuracy(f"fp32-{i}", i))
+    finally:
+        store.close()
+
+
 def test_int4_adapter_acts_as_its_dequantized_weights(int4_eval):
     """Forward through the int4 adapter == forward with ΔW(dequantized) merged into W."""
     for i in range(2):

@@ -42,6 +42,11 @@ def test_each_experience_has_an_fp32_and_an_int4_version(int4_run, store):
         assert fp32.param_count == counts["adapter_set"] == q.param_count
         assert fp32.tags["experience"] == q.tags["experience"] == str(i)
         assert fp32.tags["strategy"] == "sequential"
+        # run identity: every version names the run that made it and what it ran
+        record = json.loads((int4_run.run_dir / "run.json").read_text())
+        for v in (fp32, q):
+            assert v.tags["kroncl.run"] == record["run_id"] and v.tags["stream"] == "toy"
+            assert v.tags["seed"] == "0" and v.tags["config_hash"] == record["config_hash"]
         # the registered accuracy is R[i][i] of the run's matrix
         assert fp32.metrics["acc"] == pytest.approx(int4_run.result.matrix.rows[i][i])
         assert q.metrics["quant_rel_err_mean"] == pytest.approx(rec["delta_rel_error"]["quant_rel_err_mean"])
