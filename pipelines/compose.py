@@ -553,7 +553,8 @@ def why_chosen(version: AdapterVersion, args: argparse.Namespace) -> str:
     version, so the summary says whose it is (a sweep writes many versions of each task)."""
     if version.task in args.task and version.ref not in args.refs:
         rule = (f"newest{f' {args.bits}-bit' if args.bits else ''} version of task {version.task}"
-                + (f" from run {args.run}" if args.run else "") + f", registered {version.created_at:%Y-%m-%d %H:%M:%S}")
+                + (" of that run" if args.run else " in the registry")
+                + f", registered {version.created_at:%Y-%m-%d %H:%M:%S}")
     else:
         rule = "named on the command line"
     t = version.tags

@@ -75,6 +75,8 @@ class RunResult:
     mlflow_run_id: str | None
     registry_refs: list[str] = field(default_factory=list)
     artifacts: list[dict[str, Any]] = field(default_factory=list)
+    run_id: str = ""
+    """The run's identity (``run.json``), tagged on every registry version it made."""
     already_finished: bool = False
     """True when a resume found the run finished and only reported it."""
 
@@ -411,7 +413,7 @@ def finish(run_dir: Path, settings: RunSettings, prep: Prepared, matrix: Accurac
     tracker.log_artifact(run_dir / "config.yaml")
     result = RunResult(run_dir, matrix, summary, record.mlflow_run_id,
                        [r.get("quant_ref") or r["fp32_ref"] for r in produced if r.get("fp32_ref")],
-                       produced)
+                       produced, run_id=record.run_id)
     text = format_summary(
         result, settings=settings, param_counts=prep.param_counts, dropped_rows=prep.dropped_rows, tracker=tracker,
         registry_url=registrar.url, elapsed=elapsed,
@@ -438,7 +440,7 @@ def report_finished(run_dir: Path, record: RunRecord) -> RunResult:
     print((run_dir / "summary.txt").read_text())
     return RunResult(run_dir, matrix, data["summary"], record.mlflow_run_id,
                      [r.get("quant_ref") or r["fp32_ref"] for r in produced if r.get("fp32_ref")],
-                     produced, already_finished=True)
+                     produced, run_id=record.run_id, already_finished=True)
 
 
 def complete_adapter_config(node: dict[str, Any], model) -> AdapterConfig:

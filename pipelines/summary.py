@@ -69,7 +69,7 @@ def format_summary(result, *, settings, param_counts: dict[str, int], tracker, r
         cli = f"python -m registry --url {registry_url}"
         if registry_artifacts:
             cli += f" --artifacts {registry_artifacts}"
-        out.append(f"registry: {registry_url}   ({cli} list)")
+        out.append(f"registry: {registry_url}   (this run's versions: {cli} list --run {result.run_id})")
     if result.mlflow_run_id:
         uri = settings.tracking.uri or default_tracking_uri(settings.runs_root)
         out.append(f"MLflow run {result.mlflow_run_id} in {uri}")
@@ -78,5 +78,5 @@ def format_summary(result, *, settings, param_counts: dict[str, int], tracker, r
     if tracker.failures:
         out.append(f"MLflow: {len(tracker.failures)} call(s) failed; every metric is in "
                    f"{tracker.jsonl_path}")
-    out.append(f"run directory: {result.run_dir}")
+    out.append(f"run directory: {result.run_dir}   (run id {result.run_id})")
     return "\n".join(out) + "\n"

@@ -40,7 +40,7 @@ def test_multi_task_summary_text(trained, capsys):
     assert "label 0  toy_smaller" in text and "label 1  toy_larger" in text
     assert f"<- {trained.refs['toy_larger']} " in text  # --bits 32 picked the fp32 version
     # ... and the summary says why, and whose version it is
-    assert "chosen: newest 32-bit version of task toy_larger, registered " in text
+    assert "chosen: newest 32-bit version of task toy_larger in the registry, registered " in text
     assert "chosen: named on the command line" in text
     assert "made by run compose-tests-run (stream toy, strategy per_task, seed 0, experience 0)" in text
     for task in ("toy_larger", "toy_smaller"):

@@ -110,10 +110,14 @@ def test_cli_list_show_lineage(int4_run):
 def test_the_cli_command_the_summary_prints_works(int4_run):
     """The summary's ``python -m registry ...`` hint, run as printed (with verify), finds the artifacts."""
     line = next(line for line in int4_run.printed.splitlines() if line.startswith("registry: "))
-    hint = line[line.index("(") + 1: line.rindex(")")]
+    hint = line[line.index("(this run's versions: ") + len("(this run's versions: "): line.rindex(")")]
     args = shlex.split(hint)
-    assert args[:3] == ["python", "-m", "registry"] and args[-1] == "list"
-    verify = subprocess.run([sys.executable, *args[1:-1], "verify"], cwd=REPO, capture_output=True,
+    assert args[:3] == ["python", "-m", "registry"] and args[-3:] == ["list", "--run", int4_run.result.run_id]
+    listed = subprocess.run([sys.executable, *args[1:]], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    assert sorted(line.split()[0] for line in listed.stdout.splitlines()[2:]) == sorted(
+        r for rec in int4_run.result.artifacts for r in (rec["fp32_ref"], rec["quant_ref"]))
+    verify = subprocess.run([sys.executable, *args[1:-3], "verify"], cwd=REPO, capture_output=True,
                             text=True, timeout=120)
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert verify.stdout.count(" ok ") == 4
