@@ -201,7 +201,8 @@ def test_verify_detects_tampering(
 ) -> None:
     url, store = reg
     status, out, _ = inproc(capsys, "--url", url, "verify")
-    assert status == 0 and [line.split()[1] for line in out.splitlines()[2:]] == ["ok", "ok", "ok"]
+    assert status == 0 and [line.split()[1] for line in out.splitlines()[2:-1]] == ["ok"] * 3
+    assert out.splitlines()[-1] == "3 versions checked, 0 problems"
     v = store.get_version("arc-kron:2")
     (store.artifacts.path(v.artifact_location) / "adapter.safetensors").write_bytes(b"tampered")
     r = cli("--url", url, "verify")
