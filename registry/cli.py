@@ -257,6 +257,10 @@ def _lineage(entries: Sequence[LineageEntry], start: str, descendants: bool) -> 
     )
 
 
+def _status(r: VerificationResult) -> str:
+    return "ok" if r.ok else ("missing" if r.actual is None else "MISMATCH")
+
+
 def _verify_text(results: Sequence[VerificationResult]) -> str:
     """Table, then one ``error:`` line per problem (naming version and file), then a summary."""
     if not results:
@@ -264,15 +268,16 @@ def _verify_text(results: Sequence[VerificationResult]) -> str:
     table = format_table(
         ["VERSION", "STATUS", "SHA256"],
         [
-            [r.version, "ok" if r.ok else ("missing" if r.actual is None else "MISMATCH"), r.expected[:16]]
-            for r in results
+            [r.version, _status(r), r.expected[:16]] for r in results
         ],
     )
     problems = [(r, p) for r in results if not r.ok for p in (r.problems or (r.message,))]
     summary = f"{len(results)} versions checked, {len(problems)} problems"
     if not problems:
         return f"{table}\n{summary}"
-    lines = [f"error: {r.version}: {p} (expected {r.expected} at {r.path})" for r, p in problems]
+    lines = [
+        f"error: {r.version}: {p} (expected {r.expected} at {r.path})" for r, p in problems
+    ]
     return f"{table}\n{summary}\n" + "\n".join(lines)
 
 

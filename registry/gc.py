@@ -29,7 +29,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from registry import manifest
@@ -105,7 +105,7 @@ def collect(
         raise InvalidValue(f"grace={grace_s!r}: expected a number of seconds >= 0")
     now = time.time() if now is None else now
     items: list[GcItem] = []
-    items += _objects(artifacts, versions, is_referenced, apply, grace_s, now, before_lock)
+    items += _objects(artifacts, {v.sha256 for v in versions}, grace_s, now)
     if apply and not versions and any(i.kind == "orphan-object" for i in items):
         raise InvalidValue(
             "refusing to apply gc: the database holds no versions but the artifact root "
@@ -114,48 +114,65 @@ def collect(
         )
     items += _staging(artifacts, apply, grace_s, now, include_other_hosts)
     items += _missing_rows(artifacts, versions, apply and delete_missing_rows, delete_row)
-    return GcReport(tuple(_act(artifacts, i, apply, is_referenced, before_lock) for i in items), apply)
+    done = [_act(artifacts, i, apply, is_referenced, before_lock) for i in items]
+    return GcReport(tuple(done), apply)
 
 
-def _objects(artifacts, versions, is_referenced, apply, grace_s, now, before_lock) -> list[GcItem]:  # type: ignore[no-untyped-def]
+def _objects(artifacts: ArtifactStore, shas: set[str], grace_s: float, now: float) -> list[GcItem]:
     """Unreferenced entries under ``objects/`` (removal happens later, in :func:`_act`)."""
-    shas = {v.sha256 for v in versions}
     found: list[GcItem] = []
     for fan in sorted((artifacts.root / "objects").iterdir()):
-        for p in sorted(fan.iterdir()) if fan.is_dir() and not fan.is_symlink() else [fan]:
-            rel = p.relative_to(artifacts.root).as_posix()
-            name = p.name.removesuffix(manifest.SUFFIX)
-            if not _is_sha(name) or p.is_symlink() or (p.is_dir() != (name == p.name)):
-                found.append(GcItem("unknown", rel, _size(p), "report", "not written by this store; left alone"))
-            elif name in shas:
-                continue
-            elif name != p.name and p.with_name(name).is_dir():
-                continue  # a manifest goes with its object
-            elif _age(p, now) < grace_s:
-                found.append(GcItem(_kind(p), rel, _size(p), "keep", f"younger than the grace period ({grace_s:g}s)"))
-            else:
-                found.append(GcItem(_kind(p), rel, _size(p), "remove", "no version references it"))
+        entries = sorted(fan.iterdir()) if fan.is_dir() and not fan.is_symlink() else [fan]
+        for p in entries:
+            item = _object_item(artifacts, p, shas, grace_s, now)
+            if item is not None:
+                found.append(item)
     return found
 
 
-def _act(artifacts, item, apply, is_referenced, before_lock) -> GcItem:  # type: ignore[no-untyped-def]
+def _object_item(
+    artifacts: ArtifactStore, p: Path, shas: set[str], grace_s: float, now: float
+) -> GcItem | None:
+    """The verdict on one entry of ``objects/ab/``; ``None`` when a row needs it."""
+    rel = p.relative_to(artifacts.root).as_posix()
+    name = p.name.removesuffix(manifest.SUFFIX)
+    is_manifest = name != p.name
+    if not _is_sha(name) or p.is_symlink() or p.is_dir() == is_manifest:
+        return GcItem("unknown", rel, _size(p), "report", "not written by this store; left alone")
+    if name in shas or (is_manifest and p.with_name(name).is_dir()):
+        return None  # referenced, or a manifest that goes with its object
+    kind = "orphan-manifest" if is_manifest else "orphan-object"
+    if _age(p, now) < grace_s:
+        return GcItem(kind, rel, _size(p), "keep", f"younger than the grace period ({grace_s:g}s)")
+    return GcItem(kind, rel, _size(p), "remove", "no version references it")
+
+
+def _act(
+    artifacts: ArtifactStore,
+    item: GcItem,
+    apply: bool,
+    is_referenced: Callable[[str], bool],
+    before_lock: Callable[[str], None] | None,
+) -> GcItem:
     """Remove one orphan object/manifest under its sha lock, after re-reading the database."""
-    if not apply or item.action != "remove" or item.kind not in ("orphan-object", "orphan-manifest"):
+    if not apply or item.action != "remove" or not item.kind.startswith("orphan-"):
         return item
     sha = Path(item.path).name.removesuffix(manifest.SUFFIX)
     if before_lock is not None:
         before_lock(sha)
     with artifacts.lock(sha):
         if is_referenced(sha):
-            return GcItem(item.kind, item.path, item.size_bytes, "keep", "a version row committed meanwhile")
+            return replace(item, action="keep", reason="a version row committed meanwhile")
         if item.kind == "orphan-object":
             artifacts.remove(sha)
         else:
             (artifacts.root / item.path).unlink(missing_ok=True)
-    return GcItem(item.kind, item.path, item.size_bytes, "removed", item.reason)
+    return replace(item, action="removed")
 
 
-def _staging(artifacts: ArtifactStore, apply: bool, grace_s: float, now: float, other_hosts: bool) -> list[GcItem]:
+def _staging(
+    artifacts: ArtifactStore, apply: bool, grace_s: float, now: float, other_hosts: bool
+) -> list[GcItem]:
     """Leftovers in ``tmp/``; removed right away with ``apply`` (no row can refer to them)."""
     found = []
     for p in sorted((artifacts.root / "tmp").iterdir()):
@@ -163,8 +180,9 @@ def _staging(artifacts: ArtifactStore, apply: bool, grace_s: float, now: float, 
         action, reason = _staging_verdict(p, now, grace_s, other_hosts)
         if apply and action == "remove":
             shutil.rmtree(p, ignore_errors=True)
-            action, reason = ("removed", reason) if not p.exists() else ("keep", "could not be removed")
-        found.append(GcItem("staging" if action != "report" else "unknown", rel, size, action, reason))
+            action, reason = ("keep", "could not be removed") if p.exists() else ("removed", reason)
+        kind = "unknown" if action == "report" else "staging"
+        found.append(GcItem(kind, rel, size, action, reason))
     return found
 
 
@@ -173,20 +191,28 @@ def _staging_verdict(p: Path, now: float, grace_s: float, other_hosts: bool) -> 
     if p.is_symlink() or not p.is_dir():
         return "report", "not a staging folder; left alone"
     old = _age(p, now) >= grace_s
+    young = "younger than the grace period"
     owned = _OWNED.match(p.name)
     if owned and owned["host"] == _hostname():
         pid = int(owned["pid"])
-        return ("keep", f"writer pid {pid} is alive") if _pid_alive(pid) else ("remove", f"writer pid {pid} is dead")
+        if _pid_alive(pid):
+            return "keep", f"writer pid {pid} is alive"
+        return "remove", f"writer pid {pid} is dead"
     if owned:
         if not other_hosts:
             return "keep", f"belongs to host {owned['host']!r} (pass --include-other-hosts)"
-        return ("remove", "other host's folder older than the grace period") if old else ("keep", "other host's folder, younger than the grace period")
+        return ("remove", "other host's folder, old") if old else ("keep", f"other host's, {young}")
     if _LEGACY.match(p.name):
-        return ("remove", "ownerless old-format folder") if old else ("keep", "ownerless folder, younger than the grace period")
+        return ("remove", "ownerless old-format folder") if old else ("keep", f"ownerless, {young}")
     return "report", "not a name this store writes; left alone"
 
 
-def _missing_rows(artifacts: ArtifactStore, versions: Sequence[AdapterVersion], delete: bool, delete_row: Callable[[str], object]) -> list[GcItem]:
+def _missing_rows(
+    artifacts: ArtifactStore,
+    versions: Sequence[AdapterVersion],
+    delete: bool,
+    delete_row: Callable[[str], object],
+) -> list[GcItem]:
     """Rows whose artifact directory is gone: reported; deleted only when asked to."""
     found = []
     for v in versions:
@@ -211,10 +237,6 @@ def _missing_rows(artifacts: ArtifactStore, versions: Sequence[AdapterVersion], 
 
 def _is_sha(name: str) -> bool:
     return len(name) == 64 and all(c in "0123456789abcdef" for c in name)
-
-
-def _kind(p: Path) -> str:
-    return "orphan-object" if p.is_dir() else "orphan-manifest"
 
 
 def _age(p: Path, now: float) -> float:

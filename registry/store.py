@@ -1076,8 +1076,11 @@ class RegistryStore:
         artifact is missing; a dry run by default. Options and safety rules:
         :func:`registry.gc.collect`."""
         return gc_mod.collect(
-            self.artifacts, self.search_versions(), self._is_referenced,
-            lambda ref: self.delete_version(ref, delete_artifact=False), **options,
+            self.artifacts,
+            self.search_versions(),
+            self._is_referenced,
+            lambda ref: self.delete_version(ref, delete_artifact=False),
+            **options,
         )
 
     def verify(
