@@ -3,6 +3,7 @@
 Layout under ``root``::
 
     objects/<sha[:2]>/<sha>/...     one directory per artifact, holding its files
+    objects/<sha[:2]>/<sha>.manifest.json   its per-file hashes (see :mod:`registry.manifest`)
     tmp/<host>-<pid>-<uuid hex>/    staging area (same filesystem, so publishing is a rename)
     locks/<sha[:2]>.lock            advisory locks serialising publish/remove of a hash
 
@@ -205,6 +206,7 @@ class StagedArtifact:
     path: Path
     sha256: str
     size_bytes: int
+    entries: tuple[tuple[str, str], ...] = ()  # (relative path, file sha256) for the manifest
 
 
 @dataclass(frozen=True)
@@ -361,7 +363,7 @@ class ArtifactStore:
                     fout.flush()
                     os.fsync(fout.fileno())
                 entries.append((rel, h.hexdigest()))
-            yield StagedArtifact(payload, tree_sha256(entries), size)
+            yield StagedArtifact(payload, tree_sha256(entries), size, tuple(entries))
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
@@ -369,22 +371,38 @@ class ArtifactStore:
         """Move a staged artifact into ``objects/`` (call while holding :meth:`lock`).
 
         When the hash is already stored and intact, the staged copy is dropped and the existing
-        one reused; when the stored copy is damaged, it is replaced by the staged one.
+        one reused; when the stored copy is damaged, it is replaced by the staged one. The
+        per-file manifest is renamed into place *before* the object, so a published object has
+        one unless it was published by older code (or a crash hit between the two renames, which
+        leaves only a manifest: an orphan ``gc`` removes).
         """
         location = self.location_for(staged.sha256)
         final = self.path(location)
         if final.is_dir():
             actual, _ = hash_artifact(final)
             if actual == staged.sha256:
+                self._write_manifest(staged, final, only_if_missing=True)
                 return StoredArtifact(staged.sha256, staged.size_bytes, location, created=False)
             # A damaged copy under the right name: swap it for the good one.
             aside = self._tmp_dir()
             os.replace(final, aside)
             shutil.rmtree(aside, ignore_errors=True)
         final.parent.mkdir(parents=True, exist_ok=True)
+        self._write_manifest(staged, final, only_if_missing=False)
         os.replace(staged.path, final)
         _fsync_dir(final.parent)
         return StoredArtifact(staged.sha256, staged.size_bytes, location, created=True)
+
+    @staticmethod
+    def _write_manifest(staged: StagedArtifact, final: Path, *, only_if_missing: bool) -> None:
+        """Write ``final``'s manifest from the staged hashes (nothing when they are unknown)."""
+        from registry import manifest  # imports this module: resolve at call time
+
+        path = manifest.manifest_path(final)
+        if not staged.entries or (only_if_missing and path.exists()):
+            return
+        scratch = staged.path.parent / "manifest.json"
+        manifest.write(path, staged.sha256, staged.entries, scratch)
 
     def put(
         self, src: str | os.PathLike[str], files: Sequence[str] | None = None
@@ -407,6 +425,7 @@ class ArtifactStore:
         aside = self._tmp_dir()
         os.replace(final, aside)
         shutil.rmtree(aside, ignore_errors=True)
+        _unlink_manifest(final)
         return True
 
     # -- reading ----------------------------------------------------------------------------------
@@ -428,6 +447,7 @@ class ArtifactStore:
                 expected=expected_sha256,
                 actual=None,
                 path=str(p),
+                problems=("artifact directory is missing",),
             )
         try:
             actual, _ = hash_artifact(p)
@@ -438,14 +458,20 @@ class ArtifactStore:
                 expected=expected_sha256,
                 actual=None,
                 path=str(p),
+                problems=(e.message,),
             ) from e
         if actual != expected_sha256:
+            from registry import manifest  # imports this module: resolve at call time
+
+            problems = tuple(manifest.file_problems(p, expected_sha256))
             raise HashMismatch(
-                f"artifact at {str(p)!r} has sha256 {actual}, expected {expected_sha256}: "
+                f"artifact at {str(p)!r} has sha256 {actual}, expected {expected_sha256} "
+                f"({'; '.join(problems)}): "
                 "the files changed after registration; re-register or restore them",
                 expected=expected_sha256,
                 actual=actual,
                 path=str(p),
+                problems=problems,
             )
         return actual
 
@@ -466,6 +492,13 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _unlink_manifest(object_dir: Path) -> None:
+    """Drop an object's manifest once the object is gone (a stale one would only mislead)."""
+    from registry import manifest  # imports this module: resolve at call time
+
+    manifest.manifest_path(object_dir).unlink(missing_ok=True)
 
 
 def _hostname() -> str:

@@ -1,27 +1,64 @@
 """Command line: ``python -m registry [--url URL] [--artifacts DIR] [--json] COMMAND ...``.
 
 Commands: ``list``, ``show``, ``lineage``, ``alias set|delete|list``, ``verify``, ``delete``,
-``tasks``, ``models``, ``adapters``. Output is a plain table by default, JSON with ``--json``.
-Every registry error prints one line (``error: ...``) on stderr and exits with status 2, the
-same status argparse uses for a bad command line; a failed ``verify`` exits 2 as well.
+``gc``, ``tasks``, ``models``, ``adapters``. Output is a plain table by default, JSON with
+``--json``. Every registry error and every bad command line (including out-of-range numbers and
+references) prints one line (``error: ...``) on stderr and exits with status 2; a failed
+``verify`` exits 2 as well.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
 
 from registry.db import DEFAULT_URL, ENV_ARTIFACT_ROOT, ENV_URL, default_url
-from registry.entities import AdapterVersion, LineageEntry
+from registry.entities import AdapterVersion, LineageEntry, VerificationResult
 from registry.errors import InvalidValue, RegistryError
-from registry.names import RUN_TAG, parse_ref
+from registry.gc import DEFAULT_GRACE_S, GcReport
+from registry.names import MAX_VERSION_NUMBER, RUN_TAG, parse_ref
 from registry.store import RegistryStore
 from registry.tables import format_metrics, format_table, human_size, to_jsonable
 
 EXIT_ERROR = 2
+_INT_MAX = 2**31 - 1  # every integer option ends up in a 32-bit INTEGER column or a LIMIT
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad command line is one ``error: ...`` line (no usage block), like
+    every other failure of this CLI, so scripts can rely on one line on stderr."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_ERROR, f"error: {self.prog}: {message} (see --help)\n")
+
+
+def _int_arg(what: str, low: int, high: int = _INT_MAX) -> Callable[[str], int]:
+    """An argparse ``type=`` accepting ASCII digits in ``low..high`` only (``int()`` would also
+    take '٣', '1_0' and numbers no column can hold)."""
+
+    def parse(text: str) -> int:
+        digits = text[1:] if text.startswith("-") else text
+        if not re.fullmatch(r"[0-9]{1,12}", digits) or not low <= int(text) <= high:
+            raise argparse.ArgumentTypeError(
+                f"{what} {text!r} is not an integer in {low}..{high} (ASCII digits)"
+            )
+        return int(text)
+
+    return parse
+
+
+def _grace_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"--grace {text!r} is not a number of seconds >= 0")
+    return value
 
 
 def _key_value(text: str, what: str) -> tuple[str, str]:
@@ -64,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", action="store_true", default=argparse.SUPPRESS, help="JSON output"
     )
 
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="python -m registry",
         description="Query and manage the kroncl adapter registry.",
         parents=[common],
@@ -77,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--task")
     ls.add_argument("--base-model")
     ls.add_argument("--method")
-    ls.add_argument("--bits", type=int)
+    ls.add_argument("--bits", type=_int_arg("--bits", 1, 64))
     ls.add_argument("--tag", type=_tag_arg, action="append", default=[], metavar="KEY=VALUE")
     ls.add_argument("--run", metavar="RUN_ID",
                     help="versions of one kroncl run (its run.json run_id; same as --tag kroncl.run=RUN_ID)")
@@ -89,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME=VALUE",
         help="keep versions whose metric NAME is >= VALUE (repeatable)",
     )
-    ls.add_argument("--limit", type=int)
+    ls.add_argument("--limit", type=_int_arg("--limit", 1))
 
     show = sub.add_parser("show", parents=[common], help="show one version")
     show.add_argument("ref", metavar="REF")
@@ -99,14 +136,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     lin.add_argument("ref", metavar="REF")
     lin.add_argument("--descendants", action="store_true", help="walk towards derived versions")
-    lin.add_argument("--max-depth", type=int)
+    lin.add_argument("--max-depth", type=_int_arg("--max-depth", 1))
 
     alias = sub.add_parser("alias", parents=[common], help="manage aliases")
     asub = alias.add_subparsers(dest="alias_command", required=True, metavar="ACTION")
     aset = asub.add_parser("set", parents=[common], help="point ADAPTER@NAME at VERSION")
     aset.add_argument("adapter")
     aset.add_argument("name")
-    aset.add_argument("version", type=int)
+    aset.add_argument("version", type=_int_arg("VERSION", 1, MAX_VERSION_NUMBER))
     adel = asub.add_parser("delete", parents=[common], help="remove ADAPTER@NAME")
     adel.add_argument("adapter")
     adel.add_argument("name")
@@ -119,6 +156,30 @@ def build_parser() -> argparse.ArgumentParser:
     dele = sub.add_parser("delete", parents=[common], help="delete a version nothing depends on")
     dele.add_argument("ref", metavar="REF")
     dele.add_argument("--keep-artifact", action="store_true", help="leave the artifact files")
+
+    gc = sub.add_parser(
+        "gc",
+        parents=[common],
+        help="find orphan objects, staging leftovers, rows without artifact (dry run)",
+    )
+    gc.add_argument("--apply", action="store_true", help="remove what is listed as 'remove'")
+    gc.add_argument(
+        "--grace",
+        type=_grace_arg,
+        default=DEFAULT_GRACE_S,
+        metavar="SECONDS",
+        help=f"leave objects/folders younger than this alone (default {DEFAULT_GRACE_S})",
+    )
+    gc.add_argument(
+        "--include-other-hosts",
+        action="store_true",
+        help="also remove other hosts' staging folders older than --grace",
+    )
+    gc.add_argument(
+        "--delete-missing-rows",
+        action="store_true",
+        help="with --apply, delete version rows whose artifact directory is missing",
+    )
 
     sub.add_parser("tasks", parents=[common], help="list tasks")
     sub.add_parser("models", parents=[common], help="list base models")
@@ -198,6 +259,47 @@ def _lineage(entries: Sequence[LineageEntry], start: str, descendants: bool) -> 
     )
 
 
+def _status(r: VerificationResult) -> str:
+    return "ok" if r.ok else ("missing" if r.actual is None else "MISMATCH")
+
+
+def _verify_text(results: Sequence[VerificationResult]) -> str:
+    """Table, then one ``error:`` line per problem (naming version and file), then a summary."""
+    if not results:
+        return "no versions to verify"
+    table = format_table(
+        ["VERSION", "STATUS", "SHA256"],
+        [
+            [r.version, _status(r), r.expected[:16]] for r in results
+        ],
+    )
+    problems = [(r, p) for r in results if not r.ok for p in (r.problems or (r.message,))]
+    summary = f"{len(results)} versions checked, {len(problems)} problems"
+    if not problems:
+        return f"{table}\n{summary}"
+    lines = [
+        f"error: {r.version}: {p} (expected {r.expected} at {r.path})" for r, p in problems
+    ]
+    return f"{table}\n{summary}\n" + "\n".join(lines)
+
+
+def _gc_text(report: GcReport) -> str:
+    """One line per item, then the total; says how to act on a dry run."""
+    verbs = {"remove": "would remove", "removed": "removed", "keep": "keep", "report": "report"}
+    lines = [
+        f"{verbs[i.action]:<12}  {i.kind:<16}  {i.version + ' ' if i.version else ''}{i.path}"
+        f"  ({human_size(i.size_bytes)}; {i.reason})"
+        for i in report.items
+    ]
+    n = sum(i.action in ("remove", "removed") for i in report.items)
+    total = f"total: {n} item(s), {human_size(report.reclaimable_bytes)}"
+    if report.applied:
+        lines.append(f"{total} reclaimed")
+    else:
+        lines.append(f"{total} reclaimable (dry run; pass --apply to remove)")
+    return "\n".join(lines)
+
+
 def run(args: argparse.Namespace) -> tuple[Any, str, int]:
     """Execute a parsed command.
 
@@ -261,25 +363,21 @@ def run(args: argparse.Namespace) -> tuple[Any, str, int]:
             if args.ref is not None:
                 parse_ref(args.ref)  # reject a malformed ref before hashing anything
             results = store.verify(args.ref, progress=sys.stderr.isatty())
-            bad = [r for r in results if not r.ok]
-            text = (
-                format_table(
-                    ["VERSION", "STATUS", "SHA256"],
-                    [
-                        [
-                            r.version,
-                            "ok" if r.ok else ("missing" if r.actual is None else "MISMATCH"),
-                            r.expected[:16],
-                        ]
-                        for r in results
-                    ],
-                )
-                if results
-                else "no versions to verify"
+            bad = any(not r.ok for r in results)
+            return results, _verify_text(results), EXIT_ERROR if bad else 0
+        if cmd == "gc":
+            report = store.gc(
+                apply=args.apply,
+                grace_s=args.grace,
+                include_other_hosts=args.include_other_hosts,
+                delete_missing_rows=args.delete_missing_rows,
             )
-            if bad:
-                text += "\n" + "\n".join(f"error: {r.message}" for r in bad)
-            return results, text, EXIT_ERROR if bad else 0
+            payload = {
+                "applied": report.applied,
+                "items": report.items,
+                "reclaimable_bytes": report.reclaimable_bytes,
+            }
+            return payload, _gc_text(report), 0
         if cmd == "delete":
             v = store.delete_version(args.ref, delete_artifact=not args.keep_artifact)
             return {"deleted": v}, f"deleted {v.ref}", 0

@@ -156,6 +156,8 @@ class VerificationResult:
         actual: sha256 computed now (``None`` when the artifact is missing).
         path: absolute path that was checked.
         message: empty when ``ok``; otherwise why not.
+        problems: when not ``ok``, one phrase per missing / extra / different file (or
+            ``artifact directory is missing``, or why the file cannot be named).
     """
 
     version: str
@@ -164,3 +166,4 @@ class VerificationResult:
     actual: str | None
     path: str
     message: str = ""
+    problems: tuple[str, ...] = ()

@@ -51,15 +51,26 @@ class HashMismatch(RegistryError):
         expected: the recorded sha256.
         actual: the sha256 computed now (``None`` when the artifact is missing).
         path: the artifact path that was checked.
+        problems: one phrase per file that is missing, extra or different (or why that cannot
+            be told); empty when not known.
     """
 
     code = "HASH_MISMATCH"
 
-    def __init__(self, message: str, *, expected: str, actual: str | None, path: str) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        expected: str,
+        actual: str | None,
+        path: str,
+        problems: tuple[str, ...] = (),
+    ) -> None:
         super().__init__(message)
         self.expected = expected
         self.actual = actual
         self.path = path
+        self.problems = problems
 
 
 class InvalidName(RegistryError):

@@ -31,6 +31,12 @@ _NAME_RE = re.compile(NAME_RULE)
 _BASE_MODEL_RE = re.compile(BASE_MODEL_RULE)
 _RELATION_RE = re.compile(RELATION_RULE)
 
+MAX_VERSION_NUMBER = 2**31 - 1
+"""Largest version number: the ``number`` column is a 32-bit INTEGER on PostgreSQL, and a larger
+Python int would overflow SQLite's driver (``OverflowError``) instead of simply not matching."""
+
+_DIGITS = re.compile(r"[0-9]+")  # ASCII only: str.isdigit() also accepts '²' and '٣'
+
 LATEST = "latest"
 """Reserved alias that always resolves to the adapter's highest version number."""
 
@@ -81,6 +87,17 @@ class VersionRef:
     number: int | None = None
     alias: str | None = None
 
+    def __post_init__(self) -> None:
+        """Reject numbers no version can have, so no query is ever sent with them."""
+        n = self.number
+        if n is None:
+            return
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_VERSION_NUMBER:
+            raise InvalidName(
+                f"invalid version number {n!r} for adapter {self.adapter!r}: "
+                f"expected an integer in 1..{MAX_VERSION_NUMBER}"
+            )
+
     def __str__(self) -> str:
         if self.number is not None:
             return f"{self.adapter}:{self.number}"
@@ -108,10 +125,15 @@ def parse_ref(text: str) -> VersionRef:
         raise InvalidName(f"invalid version reference {text!r}: expected a string")
     if ":" in text:
         adapter, _, number = text.partition(":")
-        if not number.isdigit() or int(number) < 1:
+        if (
+            not _DIGITS.fullmatch(number)
+            or len(number) > len(str(MAX_VERSION_NUMBER))
+            or not 1 <= int(number) <= MAX_VERSION_NUMBER
+        ):
             raise InvalidName(
                 f"invalid version reference {text!r}: the part after ':' must be a version "
-                "number >= 1 (use ADAPTER:NUMBER or ADAPTER@ALIAS)"
+                f"number in 1..{MAX_VERSION_NUMBER} in ASCII digits "
+                "(use ADAPTER:NUMBER or ADAPTER@ALIAS)"
             )
         return VersionRef(validate_name(adapter, "adapter name"), number=int(number))
     if "@" in text:

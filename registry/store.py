@@ -34,7 +34,9 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from registry import migrate
+from registry import gc as gc_mod
 from registry.artifacts import ArtifactStore
+from registry.gc import GcReport
 from registry.db import WRITE_OPTION, default_artifact_root, default_url, make_engine, safe_url
 from registry.entities import (
     Adapter,
@@ -652,14 +654,19 @@ class RegistryStore:
             .execution_options(synchronize_session=False)
         ).scalar_one()
 
-    def _remove_artifact_if_unreferenced(self, sha256: str) -> None:
-        """Remove an artifact no version references (caller holds ``artifacts.lock(sha256)``)."""
-        try:
-            referenced = self._run(
+    def _is_referenced(self, sha256: str) -> bool:
+        """Whether any version row references this content hash (a fresh read)."""
+        return bool(
+            self._run(
                 lambda s: s.scalar(select(exists().where(SqlAdapterVersion.sha256 == sha256))),
                 write=False,
             )
-            if not referenced:
+        )
+
+    def _remove_artifact_if_unreferenced(self, sha256: str) -> None:
+        """Remove an artifact no version references (caller holds ``artifacts.lock(sha256)``)."""
+        try:
+            if not self._is_referenced(sha256):
                 self.artifacts.remove(sha256)
         except RegistryError:
             # The database is unreachable: keep the file, an orphan is safer than a lost artifact.
@@ -1064,6 +1071,18 @@ class RegistryStore:
         v = self.get_version(ref)
         return self.artifacts.fetch(v.artifact_location, v.sha256)
 
+    def gc(self, **options: Any) -> GcReport:
+        """Find (and with ``apply=True`` remove) orphan objects, staging leftovers and rows whose
+        artifact is missing; a dry run by default. Options and safety rules:
+        :func:`registry.gc.collect`."""
+        return gc_mod.collect(
+            self.artifacts,
+            self.search_versions(),
+            self._is_referenced,
+            lambda ref: self.delete_version(ref, delete_artifact=False),
+            **options,
+        )
+
     def verify(
         self, ref: RefLike | None = None, *, progress: bool = False
     ) -> list[VerificationResult]:
@@ -1076,17 +1095,24 @@ class RegistryStore:
             progress: show a progress bar on stderr.
         """
         versions = [self.get_version(ref)] if ref is not None else self.search_versions()
-        results = []
-        for v in _progress(versions, progress, "verify"):
+        return [self._verify_one(v) for v in _progress(versions, progress, "verify")]
+
+    def _verify_one(self, v: AdapterVersion) -> VerificationResult:
+        """One version's result; a bad row (location outside the root, unreadable files) is a
+        failed result too, so one bad row never hides the others."""
+        try:
             path = str(self.artifacts.path(v.artifact_location))
-            try:
-                actual = self.artifacts.verify(v.artifact_location, v.sha256)
-                results.append(VerificationResult(v.ref, True, v.sha256, actual, path))
-            except HashMismatch as e:
-                results.append(
-                    VerificationResult(v.ref, False, e.expected, e.actual, e.path, e.message)
-                )
-        return results
+            actual = self.artifacts.verify(v.artifact_location, v.sha256)
+            return VerificationResult(v.ref, True, v.sha256, actual, path)
+        except HashMismatch as e:
+            return VerificationResult(
+                v.ref, False, e.expected, e.actual, e.path, e.message, e.problems
+            )
+        except (InvalidValue, OSError) as e:
+            msg = e.message if isinstance(e, InvalidValue) else str(e)
+            return VerificationResult(
+                v.ref, False, v.sha256, None, v.artifact_location, msg, (msg,)
+            )
 
 
 # ================================================================================================

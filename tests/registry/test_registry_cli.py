@@ -201,7 +201,8 @@ def test_verify_detects_tampering(
 ) -> None:
     url, store = reg
     status, out, _ = inproc(capsys, "--url", url, "verify")
-    assert status == 0 and [line.split()[1] for line in out.splitlines()[2:]] == ["ok", "ok", "ok"]
+    assert status == 0 and [line.split()[1] for line in out.splitlines()[2:-1]] == ["ok"] * 3
+    assert out.splitlines()[-1] == "3 versions checked, 0 problems"
     v = store.get_version("arc-kron:2")
     (store.artifacts.path(v.artifact_location) / "adapter.safetensors").write_bytes(b"tampered")
     r = cli("--url", url, "verify")
@@ -272,3 +273,44 @@ def test_registry_imports_neither_torch_nor_kroncl() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
     )
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize(
+    "args, names",
+    [
+        (["show", "arc-kron:99999999999999999999"], "'arc-kron:99999999999999999999'"),
+        (["show", "arc-kron:2147483648"], "'arc-kron:2147483648'"),
+        (["show", "arc-kron:²"], "'arc-kron:²'"),
+        (["show", "arc-kron:٣"], "'arc-kron:٣'"),
+        (["show", "arc-kron:-1"], "'arc-kron:-1'"),
+        (["lineage", "arc-kron:1_0"], "'arc-kron:1_0'"),
+        (["verify", "arc-kron:99999999999999999999"], "'arc-kron:99999999999999999999'"),
+        (["delete", "arc-kron:²"], "'arc-kron:²'"),
+        (["alias", "set", "arc-kron", "prod", "99999999999999999999"], "'99999999999999999999'"),
+        (["alias", "set", "arc-kron", "prod", "-1"], "'-1'"),
+        (["alias", "set", "arc-kron", "prod", "٣"], "'٣'"),
+        (["list", "--bits", "65"], "--bits '65'"),
+        (["list", "--bits", "²"], "--bits '²'"),
+        (["list", "--limit", "-1"], "--limit '-1'"),
+        (["list", "--limit", "99999999999999999999"], "--limit '99999999999999999999'"),
+        (["lineage", "arc-kron:1", "--max-depth", "0"], "--max-depth '0'"),
+        (["gc", "--grace", "-5"], "--grace '-5'"),
+        (["gc", "--grace", "nan"], "--grace 'nan'"),
+    ],
+)
+def test_out_of_range_arguments_are_one_line_status_2(
+    reg: tuple[str, RegistryStore], capsys: pytest.CaptureFixture[str], args: list[str], names: str
+) -> None:
+    """Each bad number names the value and the accepted form; no traceback, no usage block."""
+    url, _ = reg
+    status, out, err = inproc(capsys, "--url", url, *args)
+    lines = err.strip().splitlines()
+    assert status == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
+    assert names in lines[0] and "Traceback" not in err
+    assert "ASCII digits" in lines[0] or "seconds >= 0" in lines[0]
+
+
+def test_huge_version_number_end_to_end(reg: tuple[str, RegistryStore]) -> None:
+    url, _ = reg
+    line = fails("--url", url, "show", "arc-kron:99999999999999999999")
+    assert "version number in 1..2147483647" in line
