@@ -51,7 +51,9 @@ def bits(t: torch.Tensor) -> torch.Tensor:
 def assert_unchanged(model: torch.nn.Module, before: dict[str, torch.Tensor]) -> None:
     after = model.state_dict()
     assert sorted(after) == sorted(before)
-    changed = [k for k in before if before[k].dtype != after[k].dtype or not torch.equal(bits(before[k]), bits(after[k]))]
+    changed = [
+        k for k in before if before[k].dtype != after[k].dtype or not torch.equal(bits(before[k]), bits(after[k]))
+    ]
     assert changed == []
 
 
@@ -130,10 +132,11 @@ def test_extra_may_not_override_the_recorded_hash(trained, tmp_path):
 
 
 _CRASH = """
-import sys, torch
+import json, sys
+from safetensors.torch import load_file
 from kroncl.adapters import AdapterConfig, save_adapter
-cfg = AdapterConfig(**__import__("json").loads(sys.argv[2]))
-tensors = {k: v * 2 for k, v in __import__("safetensors.torch").torch.load_file(sys.argv[3]).items()}
+cfg = AdapterConfig(**json.loads(sys.argv[2]))
+tensors = {k: v * 2 for k, v in load_file(sys.argv[3]).items()}  # another adapter, same layout
 save_adapter(sys.argv[1], tensors, cfg, base_model="tiny-bert")
 """
 
@@ -151,7 +154,8 @@ def test_a_crash_between_weights_and_config_is_reported_never_mixed(folder, tmp_
     assert proc.returncode == -9, proc.stderr  # SIGKILL at the fault point
     assert (folder / CONFIG_NAME).read_text() == old_config
     assert file_sha256(folder / WEIGHTS_NAME) != file_sha256(source)  # the new weights are in place
-    with pytest.raises(AdapterLoadError, match=rf"^{re.escape(str(folder / WEIGHTS_NAME))}: sha256 is [0-9a-f]{{64}} but "):
+    reported = rf"^{re.escape(str(folder / WEIGHTS_NAME))}: sha256 is [0-9a-f]{{64}} but adapter_config.json records "
+    with pytest.raises(AdapterLoadError, match=reported):
         load_adapter(folder)
 
 
