@@ -291,7 +291,9 @@ def attach_adapters(model: MultipleChoiceModel, adapters: Mapping[str, LoadedAda
     first = adapters[tasks[0]]
     inject_adapters(model.backbone, first.config, adapter_name=sets[tasks[0]])
     for task in tasks:
-        load_adapter_state_dict(model.backbone, adapters[task].tensors, sets[task], strict=True)
+        load_adapter_state_dict(
+            model.backbone, adapters[task].tensors, sets[task], strict=True, config=adapters[task].config, source=task
+        )
     model.requires_grad_(False)
     model.eval()
     set_active_adapter(model.backbone, sets[tasks[0]])

@@ -9,9 +9,15 @@ from typing import Any
 
 from kroncl.errors import AdapterConfigError
 
-__all__ = ["AdapterConfig", "METHODS"]
+__all__ = ["AdapterConfig", "METHODS", "MAX_DIM", "MAX_ALPHA"]
 
 METHODS = ("kron", "lora")
+MAX_DIM = 1 << 20
+"""Upper bound on r, a_out and a_in before any layer is seen: no linear layer is wider than
+~1M features, so a larger value is a typo or a corrupt file, and building it would ask the
+allocator for terabytes (``r * b_in`` floats) instead of failing with a message."""
+MAX_ALPHA = 1e6
+"""Upper bound on alpha: the scale alpha / r beyond this only produces overflowing deltas."""
 
 
 @dataclass
@@ -49,8 +55,17 @@ class AdapterConfig:
             v = getattr(self, key)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 errors.append(f"adapter.{key}={v!r} must be a positive integer")
+            elif v > MAX_DIM:
+                errors.append(
+                    f"adapter.{key}={v!r} exceeds the limit {MAX_DIM} (wider than any linear layer); "
+                    "the config is mistyped or corrupt"
+                )
         if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not self.alpha > 0:
             errors.append(f"adapter.alpha={self.alpha!r} must be a positive number")
+        elif not self.alpha <= MAX_ALPHA:  # also catches inf
+            errors.append(
+                f"adapter.alpha={self.alpha!r} exceeds the limit {MAX_ALPHA:g}; the config is mistyped or corrupt"
+            )
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
             errors.append(f"adapter.dropout={self.dropout!r} must be in [0, 1)")
         for key in ("targets", "head_targets"):

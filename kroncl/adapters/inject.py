@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from kroncl.adapters.config import AdapterConfig
 from kroncl.adapters.layers import AdapterLinear, DenseDeltaLinear, KronLoRALinear, LoRALinear
-from kroncl.adapters.math import kron_factors
+from kroncl.adapters.math import check_rank, kron_factors
 from kroncl.errors import AdapterConfigError, AdapterLoadError, AdapterStateError
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "adapter_parameters",
     "adapter_state_dict",
     "load_adapter_state_dict",
+    "layer_config_mismatches",
     "merge_adapter",
     "unmerge_adapters",
     "set_requires_grad",
@@ -131,7 +132,8 @@ def inject_adapters(model: nn.Module, cfg: AdapterConfig, adapter_name: str = "d
     Raises:
         AdapterConfigError: a target matches nothing (the message lists Linear module names),
             matches a non-Linear module (naming its type), a module is listed in both
-            ``targets`` and ``head_targets``, or a Kron factor does not divide a layer.
+            ``targets`` and ``head_targets``, a Kron factor does not divide a layer, or ``r``
+            exceeds a layer's dimensions (checked before any factor is allocated).
     """
     cfg.validate()
     modules = _candidate_modules(model)
@@ -141,13 +143,16 @@ def inject_adapters(model: nn.Module, cfg: AdapterConfig, adapter_name: str = "d
     both = sorted(set(body) & set(heads))
     if both:
         errors.append(f"modules {both} are matched by both adapter.targets and adapter.head_targets; keep one")
-    if cfg.method == "kron":
-        for p in body:
-            m = modules[p]
-            try:
-                kron_factors(m.out_features, m.in_features, cfg.a_out, cfg.a_in, layer=p)
-            except AdapterConfigError as e:
-                errors.append(str(e))
+    for p in body:
+        m = modules[p]
+        try:
+            if cfg.method == "kron":
+                shape = kron_factors(m.out_features, m.in_features, cfg.a_out, cfg.a_in, layer=p)
+                check_rank(cfg.r, shape.b_out, shape.b_in, layer=p)
+            else:
+                check_rank(cfg.r, m.out_features, m.in_features, layer=p, what="B A")
+        except AdapterConfigError as e:
+            errors.append(str(e))
     if errors:
         raise AdapterConfigError("cannot inject adapters:\n  " + "\n  ".join(errors))
 
@@ -235,9 +240,48 @@ def adapter_state_dict(model: nn.Module, name: str) -> dict[str, Tensor]:
     return {k: v.detach().clone() for k, v in adapter_parameters(model, name).items()}
 
 
+def _layer_hyper(m: AdapterLinear) -> dict[str, object] | None:
+    """The hyper-parameters a layer shares between all its sets (None for dense heads)."""
+    if isinstance(m, KronLoRALinear):
+        return {"method": "kron", "a_out": m.shape.a_out, "a_in": m.shape.a_in, "r": m.r, "alpha": float(m.alpha)}
+    if isinstance(m, LoRALinear):
+        return {"method": "lora", "r": m.r, "alpha": float(m.alpha)}
+    return None
+
+
+def layer_config_mismatches(layers: dict[str, AdapterLinear], cfg: AdapterConfig) -> list[str]:
+    """One line per hyper-parameter where ``cfg`` (from a file) disagrees with existing layers.
+
+    Every set of a layer is scaled by the layer's own ``alpha / r`` and shaped by its own
+    factors, so tensors trained with another alpha would load without a shape error and give
+    a silently wrong ΔW. This is the single check behind every path that adds tensors to
+    layers already in a model: ``io.load_adapter_into``, ``peft_interop.import_peft_lokr`` and
+    ``kroncl.compose.attach_adapters`` (all through :func:`load_adapter_state_dict`).
+    """
+    file_hyper = {"method": cfg.method, "a_out": cfg.a_out, "a_in": cfg.a_in, "r": cfg.r, "alpha": float(cfg.alpha)}
+    found: dict[str, list[object]] = {}
+    for m in layers.values():
+        hyper = _layer_hyper(m)
+        for key, value in (hyper or {}).items():
+            if value != file_hyper[key] and value not in found.setdefault(key, []):
+                found[key].append(value)
+    if "method" in found:  # factor shapes and rank are not comparable across methods
+        return [f"method {cfg.method!r} in the file vs {found['method'][0]!r} in the model's layers"]
+    return [
+        f"{key} {file_hyper[key]!r} in the file vs {', '.join(repr(v) for v in found[key])} in the model's layers"
+        for key in ("a_out", "a_in", "r", "alpha")
+        if found.get(key)
+    ]
+
+
 @torch.no_grad()
 def load_adapter_state_dict(
-    model: nn.Module, tensors: dict[str, Tensor], name: str, strict: bool = True
+    model: nn.Module,
+    tensors: dict[str, Tensor],
+    name: str,
+    strict: bool = True,
+    config: AdapterConfig | None = None,
+    source: str = "",
 ) -> LoadResult:
     """Copy ``tensors`` into set ``name`` (created in every layer first if absent).
 
@@ -246,15 +290,28 @@ def load_adapter_state_dict(
         tensors: keys as produced by :func:`adapter_state_dict`.
         name: adapter set to fill.
         strict: raise when any key is missing or unexpected.
+        config: the config the tensors were trained with; when given, its method, factors,
+            r and alpha must equal the layers' (:func:`layer_config_mismatches`), because the
+            layers apply their own scale to every set.
+        source: where the tensors come from (a folder), for the error message.
 
     Returns:
         The missing and unexpected keys (both empty after a strict load).
 
     Raises:
-        AdapterLoadError: one error listing every missing key, unexpected key and shape
-            mismatch (shape mismatches are errors even when ``strict`` is False). Nothing is
-            copied when it is raised.
+        AdapterLoadError: the config disagrees with the layers, or one error listing every
+            missing key, unexpected key and shape mismatch (shape mismatches are errors even
+            when ``strict`` is False). Nothing is changed when it is raised.
     """
+    if config is not None:
+        diff = layer_config_mismatches(_layers(model), config)
+        if diff:
+            origin = f" from {source}" if source else ""
+            raise AdapterLoadError(
+                f"cannot load adapter '{name}'{origin}: {'; '.join(diff)}; the layers scale every set by their "
+                "own alpha / r, so load it into a fresh base model (it is injected with the file's config) "
+                "or use an adapter trained with the model's settings"
+            )
     created = name not in adapter_names(model)
     if created:
         add_adapter(model, name)
@@ -283,19 +340,35 @@ def load_adapter_state_dict(
 
 
 def merge_adapter(model: nn.Module, name: str) -> None:
-    """Fold set ``name`` into every base weight (idempotent; see ``AdapterLinear.merge``)."""
+    """Fold set ``name`` into every base weight (idempotent; see ``AdapterLinear.merge``).
+
+    All or nothing: every layer's merged weight is computed and checked to be finite before
+    any weight changes, so a refused merge leaves the model exactly as it was, including a
+    set merged before. Should a layer still fail midway, the layers already done are put
+    back to the set they had merged.
+
+    Raises:
+        AdapterStateError: some layer lacks ``name``, or merging it gives NaN/Inf (naming
+            the layer); nothing is changed.
+    """
     layers = _layers(model)
     for m in layers.values():
         m._factors(name)
-    done: list[AdapterLinear] = []
+    for m in layers.values():
+        if m.merged_adapter != name:
+            m.merged_tensors(name)  # check only; recomputed by merge() so memory stays at one layer
+    before = {p: m.merged_adapter for p, m in layers.items()}
+    done: list[str] = []
     try:
-        for m in layers.values():
+        for p, m in layers.items():
             m.merge(name)
-            done.append(m)
+            done.append(p)
     except AdapterStateError:
-        # All or nothing: a half-merged model would silently mix base and adapted layers.
-        for m in done:
-            m.unmerge()
+        # A half-merged model would silently mix base and adapted layers.
+        for p in done:
+            layers[p].unmerge()
+            if before[p] is not None:
+                layers[p].merge(before[p])
         raise
 
 

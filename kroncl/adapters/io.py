@@ -9,11 +9,25 @@ The JSON holds everything needed to rebuild the adapter layers on the base model
 Tensor keys are "<module path>.<param>" as produced by ``inject.adapter_state_dict``. Both files
 are written to a temporary name and moved into place with ``os.replace``, so a reader never sees
 a half-written file. Nothing is pickled.
+
+Integrity (checked by :func:`load_adapter` before anything reaches a model):
+
+* ``"weights_sha256"`` in the JSON is the sha256 of ``adapter.safetensors``; a flipped byte, a
+  truncated copy or a weights file from another save is refused. The weights are written
+  first and the JSON (holding their hash) second, so a crash between the two leaves the new
+  weights beside the old JSON: that pair is reported as a hash mismatch, never loaded as a
+  silent mix. Folders written before the hash existed have no key and still load (a warning
+  is logged once per process).
+* both files must be regular files inside the folder (no symbolic links, nothing resolving
+  elsewhere), every tensor must be finite, and every tensor's shape must follow from the
+  config (a_out, a_in, r) before a layer is built from it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,12 +42,27 @@ from kroncl.adapters.config import AdapterConfig
 from kroncl.errors import AdapterConfigError, AdapterLoadError
 from kroncl.fileio import atomic_write
 
-__all__ = ["FORMAT_VERSION", "WEIGHTS_NAME", "CONFIG_NAME", "LoadedAdapter", "save_adapter", "load_adapter"]
+__all__ = [
+    "FORMAT_VERSION",
+    "WEIGHTS_NAME",
+    "CONFIG_NAME",
+    "HASH_KEY",
+    "LoadedAdapter",
+    "save_adapter",
+    "load_adapter",
+    "file_sha256",
+    "adapter_file",
+    "check_finite",
+    "check_tensor_shapes",
+]
 
 FORMAT_VERSION = 1
 WEIGHTS_NAME = "adapter.safetensors"
 CONFIG_NAME = "adapter_config.json"
-_CORE_KEYS = {"format_version", "base_model", "quantization"}
+HASH_KEY = "weights_sha256"
+_CORE_KEYS = {"format_version", "base_model", "quantization", HASH_KEY}
+_log = logging.getLogger(__name__)
+_warned_unhashed = False
 
 
 @dataclass
@@ -58,7 +87,13 @@ def save_adapter(
     base_model: str,
     extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Write one adapter to ``directory`` (created if needed).
+    """Write one adapter to ``directory`` (created if needed), with the weights' sha256.
+
+    ``adapter.safetensors`` is written first and ``adapter_config.json`` (recording its sha256
+    as ``"weights_sha256"``) second, each atomically (``kroncl.fileio.atomic_write``). A crash
+    between the two leaves new weights beside the previous config, which :func:`load_adapter`
+    reports as a hash mismatch: a reader gets the old pair, the new pair, or an error, never a
+    silent mix.
 
     Args:
         directory: output folder; existing adapter files in it are replaced atomically.
@@ -83,14 +118,147 @@ def save_adapter(
     doc: dict[str, Any] = {"format_version": FORMAT_VERSION, **cfg.to_dict(), "base_model": base_model}
     doc["quantization"] = extra.pop("quantization", None)
     doc.update(extra)
-    text = json.dumps(doc, indent=2, sort_keys=True)
+    json.dumps(doc)  # fail on a non-JSON extra value before any file is replaced
 
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    atomic_write(out / WEIGHTS_NAME, lambda p: save_file(flat, p, metadata={"format": "pt"}))
+    digest: list[str] = []
+
+    def write_weights(tmp: str) -> None:
+        save_file(flat, tmp, metadata={"format": "pt"})
+        digest.append(file_sha256(tmp))  # hash what was written, not what we meant to write
+
+    # Weights first, then the JSON holding their hash: a crash in between leaves a pair that
+    # load_adapter reports as a mismatch instead of loading new weights under an old config.
+    atomic_write(out / WEIGHTS_NAME, write_weights)
+    doc[HASH_KEY] = digest[0]
+    text = json.dumps(doc, indent=2, sort_keys=True)
     atomic_write(out / CONFIG_NAME, lambda p: Path(p).write_text(text + "\n"))
     return out
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks (adapter files may be large)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def adapter_file(directory: Path, name: str) -> Path:
+    """``directory / name``, refused unless it is a regular file that lives in ``directory``.
+
+    A symbolic link (or a path resolving elsewhere) would let an adapter folder read any file
+    on the machine, and would make the folder's hash and registry record describe a file the
+    folder does not hold.
+
+    Raises:
+        AdapterLoadError: the file is missing, a symlink, or resolves outside ``directory``.
+    """
+    p = directory / name
+    if p.is_symlink():
+        raise AdapterLoadError(
+            f"{p} is a symbolic link (to {os.readlink(p)}); adapter files must be regular files inside "
+            f"{directory}: copy the real file there"
+        )
+    if not p.is_file():
+        raise AdapterLoadError(f"adapter folder {directory} lacks {name}")
+    if p.resolve().parent != directory.resolve():
+        raise AdapterLoadError(
+            f"{p} resolves to {p.resolve()}, outside the adapter folder {directory.resolve()}; "
+            "copy the real file into the folder"
+        )
+    return p
+
+
+def check_finite(tensors: dict[str, Tensor], path: Path) -> None:
+    """Refuse NaN/Inf tensors: they would attach silently and poison every forward and merge.
+
+    Raises:
+        AdapterLoadError: naming every non-finite tensor key (the layer) and the file.
+    """
+    bad = [
+        f"{k} ({int((~torch.isfinite(t)).sum())} of {t.numel()} values)"
+        for k, t in sorted(tensors.items())
+        if t.is_floating_point() and not bool(torch.isfinite(t).all())
+    ]
+    if bad:
+        raise AdapterLoadError(
+            f"{path}: non-finite (NaN/Inf) values in tensor(s) {', '.join(bad)}; the adapter diverged in "
+            "training or the file is corrupt: re-train it or restore it from the registry"
+        )
+
+
+def _expected_shapes(local: set[str], cfg: AdapterConfig, shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple]:
+    """Shapes the config implies for one layer's tensors, given the free dimensions in the file."""
+    if local == {"weight", "bias"}:  # dense head: free (d_out, d_in), bias d_out
+        w = shapes["weight"]
+        return {"weight": w if len(w) == 2 else (-1, -1), "bias": (w[0] if w else -1,)}
+    if cfg.method == "kron" and local == {"A", "B1", "B2"}:
+        b_out = shapes["B1"][0] if len(shapes["B1"]) == 2 else -1
+        b_in = shapes["B2"][1] if len(shapes["B2"]) == 2 else -1
+        return {"A": (cfg.a_out, cfg.a_in), "B1": (b_out, cfg.r), "B2": (cfg.r, b_in)}
+    if cfg.method == "lora" and local == {"A", "B"}:
+        d_in = shapes["A"][1] if len(shapes["A"]) == 2 else -1
+        d_out = shapes["B"][0] if len(shapes["B"]) == 2 else -1
+        return {"A": (cfg.r, d_in), "B": (d_out, cfg.r)}
+    return {}
+
+
+def check_tensor_shapes(tensors: dict[str, Tensor], cfg: AdapterConfig, path: Path) -> None:
+    """Check every layer's tensors against ``cfg`` before any layer is built from it.
+
+    A config whose a_out / a_in / r disagree with the stored factors (edited by hand, or paired
+    with another save's weights) would otherwise build layers of the config's size first and
+    fail, or worse load, afterwards.
+
+    Raises:
+        AdapterLoadError: one line per tensor whose shape does not follow from the config.
+    """
+    problems = []
+    groups: dict[str, dict[str, tuple[int, ...]]] = {}
+    for key, t in tensors.items():
+        layer, _, local = key.rpartition(".")
+        groups.setdefault(layer, {})[local] = tuple(t.shape)
+    for layer, shapes in sorted(groups.items()):
+        # Incomplete or foreign layouts are left to the strict load, which names missing and
+        # unexpected keys against the model's layers.
+        expected = _expected_shapes(set(shapes), cfg, shapes)
+        for local, want in expected.items():
+            if shapes[local] != want:
+                problems.append(
+                    f"{layer}.{local}: shape {shapes[local]} but the config (method={cfg.method!r}, a_out={cfg.a_out}, "
+                    f"a_in={cfg.a_in}, r={cfg.r}) implies {want}"
+                )
+    if problems:
+        raise AdapterLoadError(
+            f"{path} does not match its {CONFIG_NAME}:\n  " + "\n  ".join(problems)
+            + "\n  the config or the weights were edited or come from another save: re-export the adapter "
+            "or restore it from the registry"
+        )
+
+
+def _check_hash(meta: dict[str, Any], w_path: Path, cfg_path: Path) -> None:
+    """Compare the weights file with the sha256 its config recorded (absent: pre-hash folder)."""
+    global _warned_unhashed
+    expected = meta.get(HASH_KEY)
+    if expected is None:
+        if not _warned_unhashed:
+            _warned_unhashed = True
+            _log.warning(
+                "%s has no %s (written before kroncl recorded weight hashes); loading it unverified. "
+                "Re-save it with save_adapter to add the hash.", cfg_path, HASH_KEY,
+            )
+        return
+    actual = file_sha256(w_path)
+    if actual != expected:
+        raise AdapterLoadError(
+            f"{w_path}: sha256 is {actual} but {cfg_path.name} records {HASH_KEY}={expected}; the weights file "
+            "is corrupt or from another save (or a save was interrupted): re-export the adapter or restore "
+            "the folder from the registry"
+        )
 
 
 def load_adapter(directory: str | os.PathLike, dtype: torch.dtype = torch.float32) -> LoadedAdapter:
@@ -104,14 +272,15 @@ def load_adapter(directory: str | os.PathLike, dtype: torch.dtype = torch.float3
         ``LoadedAdapter``; quantized files are dequantized by ``kroncl.quant.dequantize_tensors``.
 
     Raises:
-        AdapterLoadError: a file is missing or malformed, or the format version is newer than
-            this code understands.
+        AdapterLoadError: a file is missing, malformed, a symlink or outside the folder; the
+            format version is newer than this code understands; the weights do not match the
+            recorded sha256; a tensor is not finite or its shape does not follow from the config.
     """
     d = Path(directory)
-    cfg_path, w_path = d / CONFIG_NAME, d / WEIGHTS_NAME
-    missing = [p.name for p in (cfg_path, w_path) if not p.is_file()]
+    missing = [n for n in (CONFIG_NAME, WEIGHTS_NAME) if not (d / n).is_file() and not (d / n).is_symlink()]
     if missing:
         raise AdapterLoadError(f"adapter folder {d} lacks {missing}; expected {CONFIG_NAME} and {WEIGHTS_NAME}")
+    cfg_path, w_path = adapter_file(d, CONFIG_NAME), adapter_file(d, WEIGHTS_NAME)
     try:
         meta = json.loads(cfg_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -126,6 +295,9 @@ def load_adapter(directory: str | os.PathLike, dtype: torch.dtype = torch.float3
         cfg = AdapterConfig.from_dict({k: v for k, v in meta.items() if k in cfg_keys})
     except (AdapterConfigError, TypeError) as e:
         raise AdapterLoadError(f"{cfg_path}: {e}") from e
+    if meta.get(HASH_KEY) is not None and not isinstance(meta[HASH_KEY], str):
+        raise AdapterLoadError(f"{cfg_path}: {HASH_KEY}={meta[HASH_KEY]!r} must be a hex sha256 string")
+    _check_hash(meta, w_path, cfg_path)
     try:
         tensors = load_file(str(w_path))
     except (SafetensorError, OSError, ValueError) as e:
@@ -138,6 +310,8 @@ def load_adapter(directory: str | os.PathLike, dtype: torch.dtype = torch.float3
         tensors = dequantize_tensors(tensors, scheme, dtype)
     else:
         tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
+    check_finite(tensors, w_path)
+    check_tensor_shapes(tensors, cfg, w_path)
     return LoadedAdapter(tensors=tensors, config=cfg, meta=meta)
 
 
@@ -147,7 +321,8 @@ def load_adapter_into(
     """Load an adapter folder into ``model`` as set ``name`` (strictly) and return what was read.
 
     Injects the adapter layers first when ``model`` has none; otherwise adds set ``name`` to the
-    existing layers (which must match the file's targets and shapes).
+    existing layers (which must match the file's targets and shapes, and its method, factors,
+    r and alpha: the layers scale every set by their own alpha / r).
 
     Raises:
         AdapterLoadError: see :func:`load_adapter` and ``inject.load_adapter_state_dict``.
@@ -157,5 +332,5 @@ def load_adapter_into(
     loaded = load_adapter(directory, dtype=dtype)
     if not adapter_layers(model):
         inject_adapters(model, loaded.config, adapter_name=name)
-    load_adapter_state_dict(model, loaded.tensors, name, strict=True)
+    load_adapter_state_dict(model, loaded.tensors, name, strict=True, config=loaded.config, source=str(directory))
     return loaded

@@ -212,27 +212,25 @@ class AdapterLinear(nn.Module):
 
     # --- merge ---------------------------------------------------------------------------
     @torch.no_grad()
-    def merge(self, name: str) -> None:
-        """Fold set ``name`` into ``base_layer`` so forward costs one plain linear.
+    def merged_tensors(self, name: str) -> tuple[Tensor, Tensor | None]:
+        """Base weight and bias with set ``name`` folded in, computed without changing anything.
 
-        Idempotent: merging the merged set again changes nothing. Merging another set first
-        restores the original weights, so deltas never stack. ``name`` becomes active.
+        Starts from the original (unmerged) base parameters, so the result does not depend on
+        which set is merged now. ``merge`` and ``inject.merge_adapter`` call this first, so a
+        refused merge leaves every layer exactly as it was.
 
         Raises:
-            AdapterStateError: the merged weight or bias would contain NaN or Inf (nothing
-                is changed in that case).
+            AdapterStateError: the merged weight or bias would contain NaN or Inf.
         """
-        if self.merged_adapter == name:
-            return
         dw = self.delta_weight(name)
         db = self.delta_bias(name)
         if self.merged_adapter is not None:
-            self.unmerge()
-        w = self.base_layer.weight
+            w, b = self._original_weight, self._original_bias
+        else:
+            w, b = self.base_layer.weight, self.base_layer.bias
         new_w = w + dw.to(w.dtype)
         new_b = None
         if db is not None:
-            b = self.base_layer.bias
             new_b = db.to(w.dtype) if b is None else b + db.to(b.dtype)
         bad = [t for t, v in (("weight", new_w), ("bias", new_b)) if v is not None and not torch.isfinite(v).all()]
         if bad:
@@ -240,6 +238,24 @@ class AdapterLinear(nn.Module):
                 f"layer '{self.layer_name}': merging adapter '{name}' gives non-finite {' and '.join(bad)}; "
                 "the adapter factors hold NaN/Inf or overflow the base dtype, refusing to merge"
             )
+        return new_w, new_b
+
+    @torch.no_grad()
+    def merge(self, name: str) -> None:
+        """Fold set ``name`` into ``base_layer`` so forward costs one plain linear.
+
+        Idempotent: merging the merged set again changes nothing. Merging another set first
+        restores the original weights, so deltas never stack. ``name`` becomes active.
+
+        Raises:
+            AdapterStateError: the merged weight or bias would contain NaN or Inf (checked
+                before anything is touched: a set merged before stays merged).
+        """
+        if self.merged_adapter == name:
+            return
+        new_w, new_b = self.merged_tensors(name)
+        self.unmerge()
+        w = self.base_layer.weight
         self._original_weight = w.detach().clone()
         self._original_bias = None if self.base_layer.bias is None else self.base_layer.bias.detach().clone()
         w.copy_(new_w)

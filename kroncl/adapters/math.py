@@ -23,6 +23,7 @@ from kroncl.errors import AdapterConfigError
 __all__ = [
     "KronShape",
     "kron_factors",
+    "check_rank",
     "kron_delta",
     "kron_apply",
     "kron_param_count",
@@ -90,6 +91,33 @@ def kron_factors(d_out: int, d_in: int, a_out: int, a_in: int, layer: str = "") 
             + " or drop this layer from `targets`"
         )
     return KronShape(a_out, a_in, d_out // a_out, d_in // a_in)
+
+
+def check_rank(r: int, rows: int, cols: int, layer: str = "", what: str = "B1 B2") -> None:
+    """Refuse a rank larger than both sides of the factored matrix (``rows`` × ``cols``).
+
+    A rank above ``max(rows, cols)`` adds parameters but no expressiveness, and a huge one
+    (a typo, a corrupt file) would ask the allocator for terabytes; checking first turns that
+    into a message naming the value and the limit. The bound is ``max``, not ``min``, so that
+    exact task-arithmetic sums (whose rank is the sum of the sources') still fit.
+
+    Raises:
+        AdapterConfigError: ``r > max(rows, cols)``.
+
+    Example:
+        >>> check_rank(4, 16, 32)
+        >>> check_rank(40, 16, 32, layer="fc")
+        Traceback (most recent call last):
+        ...
+        kroncl.errors.AdapterConfigError: layer 'fc': adapter.r=40 exceeds the limit 32 = max of the 16 x 32 matrix B1 B2 it factors; lower adapter.r
+    """
+    limit = max(rows, cols)
+    if r > limit:
+        where = f"layer '{layer}': " if layer else ""
+        raise AdapterConfigError(
+            f"{where}adapter.r={r} exceeds the limit {limit} = max of the {rows} x {cols} matrix {what} it factors; "
+            "lower adapter.r"
+        )
 
 
 def kron_delta(A: Tensor, B1: Tensor, B2: Tensor, scale: float) -> Tensor:

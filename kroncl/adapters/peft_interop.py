@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from kroncl.adapters.config import AdapterConfig
 from kroncl.adapters.inject import adapter_layers, inject_adapters, load_adapter_state_dict
+from kroncl.adapters.io import adapter_file, check_finite
 from kroncl.fileio import atomic_write
 from kroncl.adapters.layers import DenseDeltaLinear, KronLoRALinear
 from kroncl.errors import AdapterConfigError, AdapterLoadError
@@ -162,17 +163,19 @@ def read_peft_lokr(peft_dir: str | os.PathLike) -> PeftLoKrAdapter:
 
     Raises:
         AdapterLoadError: not a LoKr adapter, a layer stored in another form (decomposed w1,
-            full w2, Tucker t2), or hyper-parameters that differ between layers.
+            full w2, Tucker t2), hyper-parameters that differ between layers, a file that is a
+            symlink or outside the folder, or a non-finite tensor.
     """
     d = Path(peft_dir)
-    cfg_path, w_path = d / PEFT_CONFIG_NAME, d / PEFT_WEIGHTS_NAME
-    for p in (cfg_path, w_path):
-        if not p.is_file():
-            raise AdapterLoadError(f"PEFT adapter folder {d} lacks {p.name}")
+    for n in (PEFT_CONFIG_NAME, PEFT_WEIGHTS_NAME):
+        if not (d / n).is_file() and not (d / n).is_symlink():
+            raise AdapterLoadError(f"PEFT adapter folder {d} lacks {n}")
+    cfg_path, w_path = adapter_file(d, PEFT_CONFIG_NAME), adapter_file(d, PEFT_WEIGHTS_NAME)
     doc = json.loads(cfg_path.read_text())
     if doc.get("peft_type") != "LOKR":
         raise AdapterLoadError(f"{cfg_path}: peft_type={doc.get('peft_type')!r}, expected 'LOKR'")
     raw = load_file(str(w_path))
+    check_finite(raw, w_path)
     stripped = {k.removeprefix(_PREFIX): v for k, v in raw.items()}
 
     layers: dict[str, dict[str, Tensor]] = {}
@@ -247,5 +250,5 @@ def import_peft_lokr(model: nn.Module, peft_dir: str | os.PathLike, name: str = 
             tensors[f"{path}.bias"] = parts["bias"].to(w.dtype) - (b if b is not None else 0)
         else:
             tensors[f"{path}.bias"] = torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
-    load_adapter_state_dict(model, tensors, name, strict=True)
+    load_adapter_state_dict(model, tensors, name, strict=True, config=ad.config, source=str(peft_dir))
     return ad.config

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
 
@@ -41,6 +42,7 @@ def test_save_writes_exactly_the_adapter_tensors_and_config(trained, tmp_path):
         "format_version": FORMAT_VERSION, "method": "kron", "a_out": 2, "a_in": 2, "r": 4, "alpha": 8.0,
         "dropout": 0.1, "targets": ["query", "value"], "head_targets": ["classifier"],
         "base_model": "tiny-bert", "quantization": None, "task": "arc_easy",
+        "weights_sha256": hashlib.sha256((out / WEIGHTS_NAME).read_bytes()).hexdigest(),
     }
     # safetensors = 8-byte little-endian header length + JSON header: no pickle anywhere.
     raw = (out / WEIGHTS_NAME).read_bytes()
@@ -99,7 +101,8 @@ def test_load_errors_name_the_problem(trained, tmp_path):
     (tmp_path / CONFIG_NAME).write_text(json.dumps({**doc, "a_out": 0}))
     with pytest.raises(AdapterLoadError, match="adapter.a_out=0"):
         load_adapter(tmp_path)
-    (tmp_path / CONFIG_NAME).write_text(json.dumps(doc))
+    # Without the recorded hash (a pre-hash folder) the garbage reaches the safetensors reader.
+    (tmp_path / CONFIG_NAME).write_text(json.dumps({k: v for k, v in doc.items() if k != "weights_sha256"}))
     (tmp_path / WEIGHTS_NAME).write_bytes(b"garbage")
     with pytest.raises(AdapterLoadError, match="not a readable safetensors"):
         load_adapter(tmp_path)
