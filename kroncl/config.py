@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from kroncl.errors import ConfigError
+from kroncl.fields import check_types
 
 STRATEGY_MODES = ("sequential", "per_task", "orthogonal")
 PLUGINS = ("replay", "lwf", "ewc")
@@ -134,6 +135,7 @@ def build_section(cls: type, node: Any, key: str, errors: list[str]) -> Any:
             f"unknown key(s) {', '.join(f'{key}.{u}' for u in unknown)}; "
             f"known: {', '.join(sorted(names))}"
         )
+    node = check_types(cls, node, key, errors)
     try:
         return cls(**{k: v for k, v in node.items() if k in names})
     except TypeError as exc:  # a required field is missing
