@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from kroncl.errors import ConfigError
-from kroncl.fields import check_types
+from kroncl.fields import check_types, shown
 
 STRATEGY_MODES = ("sequential", "per_task", "orthogonal")
 PLUGINS = ("replay", "lwf", "ewc")
@@ -143,6 +143,13 @@ def build_section(cls: type, node: Any, key: str, errors: list[str]) -> Any:
         return cls()
 
 
+def config_error(errors: list[str]) -> ConfigError:
+    """One problem fits on the ``error:`` line; several are listed below it, one per line."""
+    if len(errors) == 1:
+        return ConfigError(f"invalid configuration: {errors[0]}")
+    return ConfigError("invalid configuration:\n  - " + "\n  - ".join(errors))
+
+
 def config_hash(resolved: dict[str, Any], ignore: tuple[str, ...] = ()) -> str:
     """Stable short hash of the parts of a resolved config that change results."""
     pruned = {k: v for k, v in resolved.items() if k not in ignore}
@@ -199,6 +206,15 @@ class RunSettings:
         return out
 
 
+def _without_echo(node: Any, seed: Any, seed_ok: bool) -> dict[str, Any]:
+    """``stream.seed`` and ``model.seed`` are ``${seed}``: a bad top-level seed is reported
+    once, as ``seed=...``, not again for each section that copies it."""
+    node = dict(node or {})
+    if not seed_ok and "seed" in node and node["seed"] == seed and type(node["seed"]) is type(seed):
+        del node["seed"]
+    return node
+
+
 def load_settings(resolved: dict[str, Any]) -> RunSettings:
     """Validate a composed, resolved config (``OmegaConf.to_container(cfg, resolve=True)``).
 
@@ -220,13 +236,17 @@ def load_settings(resolved: dict[str, Any]) -> RunSettings:
     validate_strategy(strategy, errors)
     validate_quant(quant, errors)
 
+    seed = resolved.get("seed", 0)
+    seed_ok = isinstance(seed, int) and not isinstance(seed, bool)
+    if not seed_ok:
+        errors.append(f"seed={shown(seed)} must be a whole number, e.g. seed=0")
     stream = model = None
     try:
-        stream = StreamConfig.from_mapping(resolved.get("stream") or {})
+        stream = StreamConfig.from_mapping(_without_echo(resolved.get("stream"), seed, seed_ok))
     except KronclError as exc:
         errors.append(str(exc))
     try:
-        model = ModelConfig.from_mapping(resolved.get("model") or {})
+        model = ModelConfig.from_mapping(_without_echo(resolved.get("model"), seed, seed_ok))
     except KronclError as exc:
         errors.append(str(exc))
     adapter = dict(resolved.get("adapter") or {})
@@ -239,9 +259,6 @@ def load_settings(resolved: dict[str, Any]) -> RunSettings:
 
     data = dict(resolved.get("data") or {})
     paths = dict(resolved.get("paths") or {})
-    seed = resolved.get("seed", 0)
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        errors.append(f"seed={seed!r} must be an integer")
     resume = resolved.get("resume", False)
     if not isinstance(resume, (bool, str)):
         errors.append(f"resume={resume!r} must be true/false or a run directory")
@@ -250,7 +267,7 @@ def load_settings(resolved: dict[str, Any]) -> RunSettings:
         errors.append(f"data.dir={str(data_dir)!r} is not a directory; point it at a folder "
                       "with <task>/{train,validation,test}.jsonl, or drop it to use the hub")
     if errors:
-        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(errors))
+        raise config_error(errors)
     runs_root = Path(paths.get("runs") or "runs")
     return RunSettings(
         seed=seed,

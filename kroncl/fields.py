@@ -13,7 +13,7 @@ import types
 import typing
 from typing import Any
 
-__all__ = ["check_types", "describe_type"]
+__all__ = ["check_types", "describe_type", "shown"]
 
 
 def _allowed(annotation: Any) -> tuple[set[type], bool]:
@@ -51,6 +51,13 @@ def describe_type(bases: set[type], nullable: bool) -> str:
     return " or ".join(parts)
 
 
+def shown(value: Any) -> str:
+    """A value as it is written in an override: ``true``/``null``, strings quoted."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    return "null" if value is None else repr(value)
+
+
 def _example(key: str, field: dataclasses.Field, value: Any) -> str:
     """``e.g. train.lr=0.002`` from the field's default, when it has a plain one (a lone
     name for a list field becomes ``[name]``)."""
@@ -59,8 +66,9 @@ def _example(key: str, field: dataclasses.Field, value: Any) -> str:
     default = field.default
     if default is dataclasses.MISSING or default is None:
         return ""
-    text = str(default).lower() if isinstance(default, bool) else repr(default) \
-        if isinstance(default, str) and not default else str(default)
+    if isinstance(default, str) and (not default or not default.isprintable()):
+        return ""  # an empty or multi-line string is no readable example
+    text = str(default).lower() if isinstance(default, bool) else str(default)
     return f", e.g. {key}={text}"
 
 
@@ -84,5 +92,5 @@ def check_types(cls: type, node: dict[str, Any], prefix: str, errors: list[str])
             continue
         key = f"{prefix}.{name}"
         what = describe_type(bases, nullable)
-        errors.append(f"{key}={value!r} must be {what}{_example(key, fields[name], value)}")
+        errors.append(f"{key}={shown(value)} must be {what}{_example(key, fields[name], value)}")
     return out
