@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -170,6 +172,38 @@ def diff_configs(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> 
     return lines
 
 
+def runs_root_problem(root: Path) -> str | None:
+    """Why run directories, the MLflow store and the registry cannot be written under ``root``
+    (None when they can), found now rather than by the first write after training.
+
+    Writing is tried for real (a probe file in the nearest existing folder): permission bits say
+    nothing for root, and only a write sees a read-only mount.
+    """
+    existing = root
+    while not os.path.lexists(existing) and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        if existing == root:
+            return f"{root} is a file, not a folder"
+        return f"{existing} is a file, so no folder can be made under it"
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".kroncl-write-probe-", dir=existing)
+    except OSError as exc:
+        return f"cannot create files in {existing} ({exc.strerror or exc})"
+    os.close(fd)
+    os.unlink(probe)
+    return None
+
+
+def runs_root_error(value: object) -> str | None:
+    """The ``paths.runs=...`` message for an unusable runs root (None when usable)."""
+    why = runs_root_problem(Path(str(value)).expanduser())
+    if why is None:
+        return None
+    return (f"paths.runs={str(value)!r} cannot hold runs: {why}; set paths.runs to a folder you can "
+            "write, e.g. paths.runs=runs or paths.runs=$HOME/kroncl-runs")
+
+
 def resolve_path(value: str | Path | None, default: Path) -> Path:
     return Path(value).expanduser() if value else default
 
@@ -266,6 +300,9 @@ def load_settings(resolved: dict[str, Any]) -> RunSettings:
     if data_dir is not None and not data_dir.is_dir():
         errors.append(f"data.dir={str(data_dir)!r} is not a directory; point it at a folder "
                       "with <task>/{train,validation,test}.jsonl, or drop it to use the hub")
+    runs_problem = runs_root_error(paths.get("runs") or "runs")
+    if runs_problem is not None:
+        errors.append(runs_problem)
     if errors:
         raise config_error(errors)
     runs_root = Path(paths.get("runs") or "runs")
