@@ -19,11 +19,12 @@ __all__ = ["check_types", "describe_type", "shown"]
 def _allowed(annotation: Any) -> tuple[set[type], bool]:
     """(base types, whether None is allowed) of an annotation like ``int``, ``float | None``,
     ``list[str]``, ``bool | str``; an empty set means "not checked" (``Any``)."""
-    args = typing.get_args(annotation) if isinstance(annotation, types.UnionType) or \
-        typing.get_origin(annotation) is typing.Union else (annotation,)
+    is_union = isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union
+    args = typing.get_args(annotation) if is_union else (annotation,)
     bases = {typing.get_origin(a) or a for a in args if a is not type(None)}
-    return ({b for b in bases if isinstance(b, type)} if typing.Any not in bases else set()), \
-        type(None) in args
+    if typing.Any in bases:
+        return set(), True
+    return {b for b in bases if isinstance(b, type)}, type(None) in args
 
 
 def _matches(value: Any, base: type) -> bool:
@@ -77,7 +78,7 @@ def check_types(cls: type, node: dict[str, Any], prefix: str, errors: list[str])
 
     Appends one message per bad value to ``errors`` and returns a copy of ``node`` where bad
     values are dropped (so the dataclass gets its default and the range checks that follow do
-    not crash comparing ``'abc' <= 0``), and ints of float fields become floats.
+    not crash comparing ``'abc' <= 0``).
     """
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -88,7 +89,7 @@ def check_types(cls: type, node: dict[str, Any], prefix: str, errors: list[str])
             continue
         bases, nullable = _allowed(hints[name])
         if not bases or (value is None and nullable) or any(_matches(value, b) for b in bases):
-            out[name] = float(value) if bases == {float} and value is not None else value
+            out[name] = value  # an int stays an int: messages and saved configs show what was written
             continue
         key = f"{prefix}.{name}"
         what = describe_type(bases, nullable)
