@@ -11,11 +11,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from kroncl.errors import ConfigError
+from kroncl.fields import check_types, shown
 
 STRATEGY_MODES = ("sequential", "per_task", "orthogonal")
 PLUGINS = ("replay", "lwf", "ewc")
@@ -134,11 +137,19 @@ def build_section(cls: type, node: Any, key: str, errors: list[str]) -> Any:
             f"unknown key(s) {', '.join(f'{key}.{u}' for u in unknown)}; "
             f"known: {', '.join(sorted(names))}"
         )
+    node = check_types(cls, node, key, errors)
     try:
         return cls(**{k: v for k, v in node.items() if k in names})
     except TypeError as exc:  # a required field is missing
         errors.append(f"{key}: {exc}")
         return cls()
+
+
+def config_error(errors: list[str]) -> ConfigError:
+    """One problem fits on the ``error:`` line; several are listed below it, one per line."""
+    if len(errors) == 1:
+        return ConfigError(f"invalid configuration: {errors[0]}")
+    return ConfigError("invalid configuration:\n  - " + "\n  - ".join(errors))
 
 
 def config_hash(resolved: dict[str, Any], ignore: tuple[str, ...] = ()) -> str:
@@ -159,6 +170,38 @@ def diff_configs(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> 
         elif a != b:
             lines.append(f"{path}: {a!r} -> {b!r}")
     return lines
+
+
+def runs_root_problem(root: Path) -> str | None:
+    """Why run directories, the MLflow store and the registry cannot be written under ``root``
+    (None when they can), found now rather than by the first write after training.
+
+    Writing is tried for real (a probe file in the nearest existing folder): permission bits say
+    nothing for root, and only a write sees a read-only mount.
+    """
+    existing = root
+    while not os.path.lexists(existing) and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        if existing == root:
+            return f"{root} is a file, not a folder"
+        return f"{existing} is a file, so no folder can be made under it"
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".kroncl-write-probe-", dir=existing)
+    except OSError as exc:
+        return f"cannot create files in {existing} ({exc.strerror or exc})"
+    os.close(fd)
+    os.unlink(probe)
+    return None
+
+
+def runs_root_error(value: object) -> str | None:
+    """The ``paths.runs=...`` message for an unusable runs root (None when usable)."""
+    why = runs_root_problem(Path(str(value)).expanduser())
+    if why is None:
+        return None
+    return (f"paths.runs={str(value)!r} cannot hold runs: {why}; set paths.runs to a folder you can "
+            "write, e.g. paths.runs=runs or paths.runs=$HOME/kroncl-runs")
 
 
 def resolve_path(value: str | Path | None, default: Path) -> Path:
@@ -197,6 +240,15 @@ class RunSettings:
         return out
 
 
+def _without_echo(node: Any, seed: Any, seed_ok: bool) -> dict[str, Any]:
+    """``stream.seed`` and ``model.seed`` are ``${seed}``: a bad top-level seed is reported
+    once, as ``seed=...``, not again for each section that copies it."""
+    node = dict(node or {})
+    if not seed_ok and "seed" in node and node["seed"] == seed and type(node["seed"]) is type(seed):
+        del node["seed"]
+    return node
+
+
 def load_settings(resolved: dict[str, Any]) -> RunSettings:
     """Validate a composed, resolved config (``OmegaConf.to_container(cfg, resolve=True)``).
 
@@ -218,13 +270,17 @@ def load_settings(resolved: dict[str, Any]) -> RunSettings:
     validate_strategy(strategy, errors)
     validate_quant(quant, errors)
 
+    seed = resolved.get("seed", 0)
+    seed_ok = isinstance(seed, int) and not isinstance(seed, bool)
+    if not seed_ok:
+        errors.append(f"seed={shown(seed)} must be a whole number, e.g. seed=0")
     stream = model = None
     try:
-        stream = StreamConfig.from_mapping(resolved.get("stream") or {})
+        stream = StreamConfig.from_mapping(_without_echo(resolved.get("stream"), seed, seed_ok))
     except KronclError as exc:
         errors.append(str(exc))
     try:
-        model = ModelConfig.from_mapping(resolved.get("model") or {})
+        model = ModelConfig.from_mapping(_without_echo(resolved.get("model"), seed, seed_ok))
     except KronclError as exc:
         errors.append(str(exc))
     adapter = dict(resolved.get("adapter") or {})
@@ -237,9 +293,6 @@ def load_settings(resolved: dict[str, Any]) -> RunSettings:
 
     data = dict(resolved.get("data") or {})
     paths = dict(resolved.get("paths") or {})
-    seed = resolved.get("seed", 0)
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        errors.append(f"seed={seed!r} must be an integer")
     resume = resolved.get("resume", False)
     if not isinstance(resume, (bool, str)):
         errors.append(f"resume={resume!r} must be true/false or a run directory")
@@ -247,8 +300,11 @@ def load_settings(resolved: dict[str, Any]) -> RunSettings:
     if data_dir is not None and not data_dir.is_dir():
         errors.append(f"data.dir={str(data_dir)!r} is not a directory; point it at a folder "
                       "with <task>/{train,validation,test}.jsonl, or drop it to use the hub")
+    runs_problem = runs_root_error(paths.get("runs") or "runs")
+    if runs_problem is not None:
+        errors.append(runs_problem)
     if errors:
-        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(errors))
+        raise config_error(errors)
     runs_root = Path(paths.get("runs") or "runs")
     return RunSettings(
         seed=seed,

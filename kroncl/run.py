@@ -56,5 +56,17 @@ def remove_if_empty(path: Path) -> None:
         pass
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """Entry point: overrides Hydra would reject with its own message (an unknown group value)
+    or trip over before ``main`` (an unusable ``paths.runs``) are reported here, one line."""
+    from kroncl.preflight import argv_problem
+
+    problem = argv_problem(sys.argv[1:])
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        sys.exit(2)
     main()
+
+
+if __name__ == "__main__":
+    cli()

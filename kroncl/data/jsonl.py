@@ -30,21 +30,39 @@ def read_jsonl(path: Path, task: str, split: str) -> list[MCExample]:
     later by :func:`kroncl.data.example.drop_invalid`.
 
     Raises:
-        DataError: a line is not JSON, or lacks ``question``/``choices``/``label``, or has the
+        DataError: a line is not UTF-8 or not JSON, or lacks ``question``/``choices``/``label``, or has the
             wrong types; names the file and line.
     """
     out: list[MCExample] = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
+    # Bytes, decoded line by line: a text-mode read fails with a UnicodeDecodeError that names
+    # neither the file nor the line.
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            where = f"{path}:{lineno}"
+            line = _decode(raw, where, first=lineno == 1)
             if not line.strip():
                 continue
-            where = f"{path}:{lineno}"
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise DataError(f"{where}: not valid JSON ({exc.msg}); each line must be one JSON object") from exc
             out.append(_row_to_example(row, where, default_id=f"{task}-{split}-{len(out):05d}"))
     return out
+
+
+def _decode(raw: bytes, where: str, first: bool) -> str:
+    """One line as UTF-8 text (a leading byte-order mark is dropped).
+
+    Raises:
+        DataError: the line is not UTF-8; names the file, the line and the byte.
+    """
+    try:
+        return raw.decode("utf-8-sig" if first else "utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{where}: not UTF-8 text (byte {raw[exc.start:exc.start + 1]!r} at column {exc.start + 1}); "
+            "save the file as UTF-8, e.g. iconv -f latin1 -t utf-8 in.jsonl > out.jsonl"
+        ) from exc
 
 
 def _row_to_example(row: object, where: str, default_id: str) -> MCExample:

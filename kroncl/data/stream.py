@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,9 @@ from tqdm.auto import tqdm
 from kroncl.data.errors import DataError, TaskUnavailableError
 from kroncl.data.example import TaskSplits
 from kroncl.data.splits import TEST_FRACTION, VALIDATION_FRACTION
-from kroncl.data.tasks import JSONL_HINT, TaskSource, load_task, resolve_source
+from kroncl.data.tasks import JSONL_HINT, TaskSource, _looks_like_path, load_task, resolve_source
+from kroncl.fields import check_types
+from kroncl.names import NAME_RULE, name_problem
 
 log = logging.getLogger("kroncl.data")
 
@@ -67,7 +70,16 @@ class StreamConfig:
             raise DataError(f"unknown key(s) {', '.join('stream.' + k for k in unknown)}; known: {', '.join(sorted(names))}")
         if "tasks" in node and node["tasks"] is not None and not isinstance(node["tasks"], str):
             node["tasks"] = list(node["tasks"])
-        return cls(**node).validate()
+        type_errors: list[str] = []
+        node = check_types(cls, node, "stream", type_errors)
+        cfg = cls(**node)
+        # A value of the wrong type was dropped (the field has its default), so its range
+        # check would report the default: report only the type problem for that key.
+        bad = {e.split("=", 1)[0] for e in type_errors}
+        errors = type_errors + [e for e in cfg.problems() if e.split("=", 1)[0] not in bad]
+        if errors:
+            raise DataError("invalid stream config: " + "; ".join(errors))
+        return cfg
 
     def validate(self) -> StreamConfig:
         """Check every field; returns self.
@@ -75,6 +87,13 @@ class StreamConfig:
         Raises:
             DataError: listing every invalid field as ``stream.<key>=value``.
         """
+        errors = self.problems()
+        if errors:
+            raise DataError("invalid stream config: " + "; ".join(errors))
+        return self
+
+    def problems(self) -> list[str]:
+        """Every invalid field, one message each, as ``stream.<key>=value ...``."""
         errors = []
         if isinstance(self.tasks, str) or not self.tasks or not all(isinstance(t, str) and t for t in self.tasks):
             errors.append(f"stream.tasks={self.tasks!r} must be a non-empty list of task names, e.g. stream.tasks=[piqa,arc_easy]")
@@ -90,9 +109,32 @@ class StreamConfig:
             errors.append(f"stream.test_fraction={self.test_fraction!r} must be in (0, 1)")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             errors.append(f"stream.seed={self.seed!r} must be an integer")
-        if errors:
-            raise DataError("invalid stream config: " + "; ".join(errors))
-        return self
+        if isinstance(self.tasks, list):
+            errors.extend(_task_name_problems(self.tasks))
+        return errors
+
+
+def _task_name_problems(tasks: list[object]) -> list[str]:
+    """A task is registered under its name (a path task: its folder's name) when its
+    experience ends; one the registry would refuse must fail now, not after training."""
+    errors = []
+    for task in tasks:
+        if not isinstance(task, str) or not task:
+            continue  # reported as a malformed list above
+        name = Path(task).expanduser().name if _looks_like_path(task) else task
+        why = name_problem(name)
+        if why is not None:
+            shown = f"task {task!r}" if name == task else f"task {task!r} (folder name {name!r})"
+            fix = "rename it" if name == task else "rename the folder"
+            errors.append(f"stream.tasks: {shown} cannot be registered: {why} "
+                          f"(rule {NAME_RULE}); {fix}, e.g. {_suggest(name)!r}")
+    return errors
+
+
+def _suggest(name: str) -> str:
+    """A name the rule accepts, close to ``name``."""
+    fixed = re.sub(r"[^A-Za-z0-9._-]+", "_", name).replace("..", "_").lstrip("._-")[:128]
+    return fixed or "my_task"
 
 
 def _unavailable_summary(cfg: StreamConfig, missing: list[TaskUnavailableError], data_dir: str | Path | None) -> str:

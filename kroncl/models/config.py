@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from kroncl.fields import check_types
 from kroncl.models.errors import ModelConfigError
 from kroncl.models.paths import minilm_path, smollm2_gguf
 
@@ -82,7 +83,8 @@ class ModelConfig:
     """Which base model scores the choices, and how."""
 
     name: str = "minilm"
-    """Preset (minilm | distilbert | smollm2) or ``custom`` (then kind and name_or_path are required)."""
+    """Preset (minilm | distilbert | smollm2), tiny model (tiny | tiny-distilbert | tiny-llama)
+    or ``custom`` (then kind and name_or_path are required)."""
     kind: str | None = None
     """encoder (AutoModelForMultipleChoice) | decoder (AutoModelForCausalLM); null = the preset's."""
     name_or_path: str | None = None
@@ -115,11 +117,20 @@ class ModelConfig:
         unknown = sorted(set(node) - names)
         if unknown:
             raise ModelConfigError(f"unknown key(s) {', '.join('model.' + k for k in unknown)}; known: {', '.join(sorted(names))}")
-        if node.get("default_targets") is not None:
+        if node.get("default_targets") is not None and not isinstance(node["default_targets"], str):
             node["default_targets"] = list(node["default_targets"])
-        else:
+        elif node.get("default_targets") is None:
             node.pop("default_targets", None)
-        return cls(**node).validate()
+        type_errors: list[str] = []
+        node = check_types(cls, node, "model", type_errors)
+        cfg = cls(**node)
+        # A value of the wrong type was dropped (the field has its default): its range check
+        # would judge the default, so only the type problem is reported for that key.
+        bad = {e.split("=", 1)[0] for e in type_errors}
+        errors = type_errors + [e for e in cfg.problems() if e.split("=", 1)[0] not in bad]
+        if errors:
+            raise ModelConfigError("invalid model config: " + "; ".join(errors))
+        return cfg
 
     def validate(self) -> ModelConfig:
         """Check every field; returns self.
@@ -127,6 +138,13 @@ class ModelConfig:
         Raises:
             ModelConfigError: listing every invalid field as ``model.<key>=value``.
         """
+        errors = self.problems()
+        if errors:
+            raise ModelConfigError("invalid model config: " + "; ".join(errors))
+        return self
+
+    def problems(self) -> list[str]:
+        """Every invalid field, one message each, as ``model.<key>=value ...``."""
         errors = []
         if self.name != "custom" and self.name not in PRESETS and self.name not in TINY_MODELS:
             errors.append(f"model={self.name!r} is not one of {sorted(PRESETS) + sorted(TINY_MODELS) + ['custom']}")
@@ -138,11 +156,31 @@ class ModelConfig:
             errors.append(f"model.max_length={self.max_length!r} must be an integer >= 4")
         if self.dtype not in DTYPES:
             errors.append(f"model.dtype={self.dtype!r} must be one of {list(DTYPES)}")
-        if "{question}" not in self.prompt_template:
+        if isinstance(self.prompt_template, str) and "{question}" not in self.prompt_template:
             errors.append(f"model.prompt_template={self.prompt_template!r} must contain {{question}}")
-        if errors:
-            raise ModelConfigError("invalid model config: " + "; ".join(errors))
-        return self
+        if self.name in TINY_MODELS:
+            errors.extend(self._tiny_problems())
+        return errors
+
+    def _tiny_problems(self) -> list[str]:
+        """A tiny model is built in code (random weights, fixed architecture): it loads no
+        files, so a ``name_or_path`` / ``gguf_file`` / other ``kind`` would be silently ignored."""
+        kind = TINY_MODELS[self.name][0]
+        errors = []
+        if self.name_or_path not in (None, "", self.name):
+            errors.append(
+                f"model.name_or_path={self.name_or_path!r} cannot be used with model={self.name} "
+                f"(a randomly initialised toy model built in code; it loads no files): drop "
+                f"model.name_or_path, or load that model with model=custom model.kind={self.kind or kind} "
+                f"model.name_or_path={self.name_or_path}")
+        if self.gguf_file:
+            errors.append(f"model.gguf_file={self.gguf_file!r} cannot be used with model={self.name} "
+                          "(it loads no files): drop it, or use model=custom")
+        if self.kind is not None and self.kind != kind:
+            errors.append(f"model.kind={self.kind!r} does not fit model={self.name}, a {kind}: drop "
+                          f"model.kind, or pick a tiny {self.kind}: "
+                          f"{', '.join(n for n, (k, _) in TINY_MODELS.items() if k == self.kind)}")
+        return errors
 
     def resolved(self) -> ModelConfig:
         """A copy with every preset default filled in (kind, name_or_path, gguf_file,

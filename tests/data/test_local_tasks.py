@@ -176,3 +176,28 @@ def test_unknown_task_and_bad_data_dir(tmp_path):
         load_task("empty", tmp_path)
     with pytest.raises(DataError, match="is a path but not a folder"):
         load_task(str(tmp_path / "nowhere"))
+
+
+def test_non_utf8_bytes_name_the_file_and_line(tmp_path):
+    path = tmp_path / "latin" / "train.jsonl"
+    path.parent.mkdir()
+    good = json.dumps({"id": "ok", "question": "q", "choices": ["a", "b"], "label": 0}).encode()
+    path.write_bytes(good + b"\n" + '{"question": "caf\xe9", "choices": ["a", "b"], "label": 0}\n'.encode("latin-1"))
+    with pytest.raises(DataError) as info:
+        read_jsonl(path, "latin", "train")
+    assert str(info.value) == (f"{path}:2: not UTF-8 text (byte b'\\xe9' at column 18); save the file as UTF-8, "
+                               "e.g. iconv -f latin1 -t utf-8 in.jsonl > out.jsonl")
+
+
+def test_non_utf8_reaches_load_task_as_a_data_error(tmp_path):
+    write_jsonl(tmp_path / "t" / "test.jsonl", _rows("te", 5))
+    (tmp_path / "t" / "train.jsonl").write_bytes(b'{"question": "\xff", "choices": ["a", "b"], "label": 0}\n')
+    with pytest.raises(DataError, match=r"train\.jsonl:1: not UTF-8 text"):
+        load_task("t", tmp_path)
+
+
+def test_a_utf8_byte_order_mark_is_accepted(tmp_path):
+    path = tmp_path / "bom" / "train.jsonl"
+    path.parent.mkdir()
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps({"question": "q", "choices": ["a", "b"], "label": 1}).encode() + b"\r\n")
+    assert read_jsonl(path, "bom", "train")[0].label == 1

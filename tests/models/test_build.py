@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -170,3 +171,43 @@ def test_offline_mode_hub_model_fails_fast(monkeypatch, tmp_path):
         build_model(ModelConfig(name="distilbert"))
     assert time.monotonic() - start < 10
     assert "model.name_or_path=" in str(info.value) and "HF_HUB_OFFLINE" in str(info.value)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"name": "tiny", "name_or_path": "/nonexistent"},
+     "model.name_or_path='/nonexistent' cannot be used with model=tiny (a randomly initialised toy model built "
+     "in code; it loads no files): drop model.name_or_path, or load that model with model=custom "
+     "model.kind=encoder model.name_or_path=/nonexistent"),
+    ({"name": "tiny-llama", "gguf_file": "m.gguf"},
+     "model.gguf_file='m.gguf' cannot be used with model=tiny-llama (it loads no files): drop it, or use model=custom"),
+    ({"name": "tiny-llama", "kind": "encoder"},
+     "model.kind='encoder' does not fit model=tiny-llama, a decoder: drop model.kind, or pick a tiny encoder: "
+     "tiny, tiny-distilbert"),
+    ({"name": "tiny", "seed": 1.5}, "model.seed=1.5 must be a whole number, e.g. model.seed=0"),
+    ({"name": "tiny", "length_normalize": "no"},
+     "model.length_normalize='no' must be true or false, e.g. model.length_normalize=false"),
+    ({"name": "tiny", "prompt_template": 3}, "model.prompt_template=3 must be a string"),
+])
+def test_model_config_refuses_what_it_would_ignore_or_misread(kwargs, message):
+    with pytest.raises(ModelConfigError) as info:
+        ModelConfig.from_mapping(kwargs)
+    assert str(info.value) == f"invalid model config: {message}"
+
+
+def test_a_resolved_tiny_config_is_still_valid():
+    """resolved() fills name_or_path with the tiny model's own name; that round-trips."""
+    cfg = ModelConfig(name="tiny-distilbert").resolved()
+    assert ModelConfig.from_mapping(dataclasses.asdict(cfg)).name_or_path == "tiny-distilbert"
+
+
+@pytest.mark.parametrize(("name", "kind"), [("tiny-distilbert", "encoder"), ("tiny-llama", "decoder")])
+def test_tiny_model_yamls_build(name, kind):
+    model = build_model(_compose(name))
+    assert model.config.kind == kind
+    assert isinstance(model, DecoderMultipleChoice if kind == "decoder" else EncoderMultipleChoice)
+
+
+def test_custom_yaml_is_a_template_naming_what_it_needs():
+    root = OmegaConf.create({"seed": 0, "model": OmegaConf.load(CONFIGS / "custom.yaml")})
+    with pytest.raises(ModelConfigError, match="model=custom needs model.kind=encoder|decoder and model.name_or_path"):
+        ModelConfig.from_mapping(OmegaConf.to_container(root.model, resolve=True))

@@ -121,3 +121,50 @@ def test_missing_hellaswag_fails_before_training(cli):
                 "stream.tasks=[piqa,winogrande,arc_easy,arc_challenge]"):
         assert fix in error
     assert "experience 0" not in run.stdout and not (run.run_dir / "adapters").exists()
+
+
+def run_quick(tmp: Path, args: list[str]) -> subprocess.CompletedProcess:
+    """One command that must fail before training; this checkout's code (PYTHONPATH)."""
+    cmd = [sys.executable, "-m", "kroncl.run", *SMALL, "tracking=off", "registry=off", *args]
+    if not any(a.startswith("paths.runs=") for a in args):
+        cmd.append(f"paths.runs={tmp / 'runs'}")
+    return subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=TIMEOUT_S,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)})
+
+
+def one_error_line(proc: subprocess.CompletedProcess) -> str:
+    """The whole of stderr must be one ``error: ...`` line, exit 2, no traceback."""
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr + proc.stdout
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["quant=nf5"], "error: quant=nf5 is not a choice; choose one of: int4, int8, nf4, none"),
+    (["+quant=nf5"], "error: quant=nf5 is not a choice; choose one of: int4, int8, nf4, none"),
+    (["model=tiny-lama"], "error: model=tiny-lama is not a choice; choose one of: custom, distilbert, "
+                          "minilm, smollm2, tiny, tiny-distilbert, tiny-llama"),
+    (["train.lr=abc"], "error: invalid configuration: train.lr='abc' must be a number, e.g. train.lr=0.002"),
+    (["train.epochs=1.5"], "error: invalid configuration: train.epochs=1.5 must be a whole number, "
+                           "e.g. train.epochs=3"),
+    (["stream.tasks=[arc_easy,'my task']"], "error: invalid configuration: invalid stream config: "
+     "stream.tasks: task 'my task' cannot be registered: a name uses only letters, digits, '.', '_' and '-', "
+     "and starts with a letter or digit (rule ^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$); rename it, e.g. 'my_task'"),
+    (["model.name_or_path=/nonexistent"], "error: invalid configuration: invalid model config: "
+     "model.name_or_path='/nonexistent' cannot be used with model=tiny (a randomly initialised toy model "
+     "built in code; it loads no files): drop model.name_or_path, or load that model with model=custom "
+     "model.kind=encoder model.name_or_path=/nonexistent"),
+], ids=["group", "+group", "model-group", "lr", "epochs", "task-name", "tiny-name_or_path"])
+def test_bad_values_are_one_line_naming_the_fix(tmp_path: Path, args: list[str], expected: str):
+    assert one_error_line(run_quick(tmp_path, args)) == expected
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("config.yaml"))
+
+
+def test_paths_runs_under_a_file_is_one_line(tmp_path: Path):
+    (tmp_path / "afile").write_text("x")
+    line = one_error_line(run_quick(tmp_path, [f"paths.runs={tmp_path / 'afile' / 'runs'}"]))
+    assert line == (f"error: paths.runs='{tmp_path / 'afile' / 'runs'}' cannot hold runs: {tmp_path / 'afile'} "
+                    "is a file, so no folder can be made under it; set paths.runs to a folder you can write, "
+                    "e.g. paths.runs=runs or paths.runs=$HOME/kroncl-runs")
