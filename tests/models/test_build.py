@@ -141,7 +141,8 @@ def _compose(name: str) -> ModelConfig:
 @pytest.mark.parametrize(("name", "kind"), [("minilm", "encoder"), ("distilbert", "encoder"), ("smollm2", "decoder")])
 def test_every_model_yaml_is_a_valid_model_config(name, kind):
     cfg = _compose(name)
-    assert cfg.name == name and cfg.kind == kind and cfg.seed == 2
+    # the head's init is part of the base model: fixed by model.seed, not the run's seed (2 here)
+    assert cfg.name == name and cfg.kind == kind and cfg.seed == 0
     assert cfg.default_targets
 
 
