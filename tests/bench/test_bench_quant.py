@@ -1,4 +1,4 @@
-"""``python -m kroncl.bench quant``: pure helpers on hand-made rows, and a smoke run on the tiny model."""
+"""``python -m pipelines.bench quant``: pure helpers on hand-made rows, and a smoke run on the tiny model."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import kroncl.bench.quant as bq
-from kroncl.bench.__main__ import main as bench_main
+import pipelines.bench.quant as bq
+from pipelines.bench.__main__ import main as bench_main
 
 SHARED_DATA = Path(os.environ.get("KRONCL_SHARED_DATA") or Path(__file__).resolve().parents[2] / ".." / "shared" / "data")
 
@@ -163,7 +163,7 @@ def test_command_smoke_on_the_tiny_model(tmp_path, capsys):
     assert code == 0
     printed = capsys.readouterr().out
     report = json.loads(out.with_suffix(".json").read_text())
-    assert report["command"].startswith("python -m kroncl.bench quant --model tiny")
+    assert report["command"].startswith("python -m pipelines.bench quant --model tiny")
     assert report["settings"]["max_train"] == 32 and report["settings"]["seed"] == 0
     rows = report["tasks"]["toy_larger"]["rows"]
     assert [(r["method"], r["scheme"]) for r in rows] == [(m, s) for m in ("kron", "lora") for s in bq.SCHEMES]

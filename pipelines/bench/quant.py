@@ -1,4 +1,4 @@
-"""Benchmark: quantized adapter artifacts, size vs ΔW error vs accuracy (``python -m kroncl.bench quant``).
+"""Benchmark: quantized adapter artifacts, size vs ΔW error vs accuracy (``python -m pipelines.bench quant``).
 
 For every task and method (Kron-LoRA, LoRA) one adapter set is trained on the task's train
 split with the same budget (epochs, batch size, lr, data, seed), by :class:`KronclStrategy` in
@@ -449,7 +449,7 @@ def describe_machine(info: Mapping[str, Any]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m kroncl.bench quant", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m pipelines.bench quant", description=__doc__.split("\n")[0])
     ap.add_argument("--tasks", default="toy,arc",
                     help=f"comma-separated tasks; aliases {TASK_ALIASES} (default toy,arc)")
     ap.add_argument("--methods", default="kron,lora", help="comma-separated: kron, lora (default both)")
@@ -582,7 +582,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(settings.threads)
     started = time.perf_counter()
     report: dict[str, Any] = {
-        "command": "python -m kroncl.bench quant" + (" " + shlex.join(argv) if argv else ""),
+        "command": "python -m pipelines.bench quant" + (" " + shlex.join(argv) if argv else ""),
         "machine": machine_info(),
         "settings": asdict(settings),
         "tasks": {},

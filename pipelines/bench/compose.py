@@ -1,4 +1,4 @@
-"""Benchmark: compose a per-task MiniLM model from the registry (``python -m kroncl.bench compose``).
+"""Benchmark: compose a per-task MiniLM model from the registry (``python -m pipelines.bench compose``).
 
 Self-contained: it builds a throw-away SQLite registry in a temporary folder holding one
 Kron-LoRA adapter for MiniLM (all default targets plus the classifier head; factors filled with
@@ -112,7 +112,7 @@ def format_table(columns: dict[str, dict[str, float]]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m kroncl.bench compose", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m pipelines.bench compose", description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="minilm", help="base model preset (default minilm; tiny for a smoke run)")
     ap.add_argument("--repeats", type=int, default=7, help="compositions per scenario (default 7)")
     ap.add_argument("--threads", type=int, default=1,
