@@ -20,11 +20,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 MAX_LINES = 450
 # Over MAX_LINES and being split in another branch; remove an entry once its file is split.
-BEING_SPLIT = {"registry/store.py", "pipelines/compose.py"}
+BEING_SPLIT = {"registry/store.py"}
 # Over MAX_LINES when this test was written, with no split under way yet: each may not grow past
 # the count recorded here; drop an entry once its file is back under MAX_LINES.
 OVER_LIMIT_NOT_YET_SPLIT = {
-    "kroncl/compose.py": 552,
     "kroncl/tracking/tracker.py": 536,
     "registry/artifacts.py": 534,
     "pipelines/continual.py": 472,

@@ -125,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
 
-    from kroncl.compose import BaseModelCache
+    from kroncl.composition import BaseModelCache
 
     print(f"kroncl compose benchmark: {args.model} per-task model from the registry, merged")
     print(f"CPU logical cores: {os.cpu_count()}; torch threads: {torch.get_num_threads()}; torch {torch.__version__}; "
