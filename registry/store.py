@@ -1,26 +1,18 @@
-"""The registry store: :class:`RegistryStore`, a facade over the focused modules.
+"""The registry store: :class:`RegistryStore`, a thin facade over focused modules.
 
-``RegistryStore`` is the only public code that touches rows. Each public method validates its
-arguments, then runs one short transaction through :meth:`RegistryStore._run` (commit on
-success, roll back on error, database errors translated into :mod:`registry.errors`, transient
-ones retried) and returns plain entities. The work itself lives in:
-
-* :mod:`registry.session`    - engines, managed sessions, retries, error translation;
-* :mod:`registry.validation` - field validators (pure);
-* :mod:`registry.lookups`    - rows by name/reference, row -> entity;
-* :mod:`registry.catalog`    - base models, tasks, adapters;
-* :mod:`registry.versions`   - publishing and registering versions (with the concurrency
-  rules for numbers and artifacts), get and delete;
-* :mod:`registry.lineage`    - lineage edges and walks;
-* :mod:`registry.labels`     - aliases, tags, metrics, MLflow run id;
-* :mod:`registry.search`     - version search by filters;
-* :mod:`registry.verify`     - re-hashing artifacts into verification results;
-* :mod:`registry.gc`         - garbage collection.
+Each public method validates its arguments (:mod:`registry.validation`), runs one short
+transaction through :meth:`RegistryStore._run` (:mod:`registry.session`: commit or roll back,
+errors translated into :mod:`registry.errors`, transient ones retried) and returns plain
+entities. The row work lives in :mod:`registry.catalog` (base models, tasks, adapters),
+:mod:`registry.versions` (publishing, registering, get, delete; the concurrency rules),
+:mod:`registry.search`, :mod:`registry.lineage` and :mod:`registry.labels` (aliases, tags,
+metrics, MLflow run id), on top of :mod:`registry.lookups` (rows by name/reference, row ->
+entity); :mod:`registry.verify` and :mod:`registry.gc` check and clean the artifact root.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -40,18 +32,17 @@ from registry.entities import (
     VerificationResult,
 )
 from registry.gc import GcReport
-from registry.lookups import RefLike, as_ref
-from registry.names import VersionRef, validate_base_model_name, validate_name, validate_relation
+from registry.lookups import RefLike
+from registry.names import validate_base_model_name, validate_name, validate_relation
 from registry.session import Sessions
-from registry.verify import progress_bar, verify_one
 from registry.validation import (
     _validated_alias,
     _validated_base_model_revision,
     _validated_metrics,
     _validated_run_id,
     _validated_tags,
-    _validated_version_fields,
 )
+from registry.verify import progress_bar, verify_one
 
 T = TypeVar("T")
 
@@ -109,17 +100,13 @@ class RegistryStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # ============================================================================================
-    # Transactions (registry.session)
-    # ============================================================================================
+    # ---- Transactions (registry.session) ---------------------------------------------------------
 
     def _run(self, fn: Callable[[Session], T], *, write: bool = True) -> T:
         """Run ``fn`` in a managed session, retrying transient failures with jittered backoff."""
         return self._sessions.run(fn, write=write)
 
-    # ============================================================================================
-    # Base models, tasks, adapters (registry.catalog)
-    # ============================================================================================
+    # ---- Base models, tasks, adapters (registry.catalog) -----------------------------------------
 
     def register_base_model(
         self, name: str, revision: str | None = None, description: str | None = None
@@ -174,9 +161,7 @@ class RegistryStore:
             Conflict: the adapter exists for a different task or base model.
         """
         validate_name(name, "adapter name")
-        return self._run(
-            lambda s: catalog.register_adapter(s, name, task, base_model, description)
-        )
+        return self._run(lambda s: catalog.register_adapter(s, name, task, base_model, description))
 
     def get_adapter(self, name: str) -> Adapter:
         """Raises NotFound when missing."""
@@ -188,9 +173,7 @@ class RegistryStore:
         """Adapters, by name, optionally only those of one task and/or base model."""
         return self._run(lambda s: catalog.list_adapters(s, task, base_model), write=False)
 
-    # ============================================================================================
-    # Versions (registry.versions)
-    # ============================================================================================
+    # ---- Versions (registry.versions) ------------------------------------------------------------
 
     def register_version(
         self,
@@ -313,9 +296,7 @@ class RegistryStore:
                 versions.remove_artifact_if_unreferenced(self._run, self.artifacts, entity.sha256)
         return entity
 
-    # ============================================================================================
-    # Lineage (registry.lineage)
-    # ============================================================================================
+    # ---- Lineage (registry.lineage) --------------------------------------------------------------
 
     def add_lineage(self, child: RefLike, parent: RefLike, relation: str) -> None:
         """Record ``child --relation--> parent`` between existing versions.
@@ -341,9 +322,7 @@ class RegistryStore:
         """Versions derived from ``ref``, transitively (see :meth:`ancestors`)."""
         return self._run(lambda s: lineage.descendants(s, ref, max_depth), write=False)
 
-    # ============================================================================================
-    # Aliases, tags, metadata updates (registry.labels)
-    # ============================================================================================
+    # ---- Aliases, tags, metadata updates (registry.labels) ---------------------------------------
 
     def set_alias(self, adapter: str, alias: str, number: int) -> AdapterVersion:
         """Point ``adapter@alias`` at version ``number`` (creating or moving the alias).
@@ -383,9 +362,7 @@ class RegistryStore:
         new = _validated_metrics(metrics)
         return self._run(lambda s: labels.log_metrics(s, ref, new))
 
-    # ============================================================================================
-    # Artifacts: fetch, gc, verify
-    # ============================================================================================
+    # ---- Artifacts: fetch, gc, verify ------------------------------------------------------------
 
     def fetch_artifact(self, ref: RefLike) -> Path:
         """Verify a version's artifact and return its directory.

@@ -31,10 +31,7 @@ from registry.lookups import (
     RefLike,
     adapter_row,
     as_ref,
-    base_model_row,
-    task_row,
     utcnow,
-    version_entities,
     version_entity,
     version_entity_of,
     version_row,
@@ -43,14 +40,11 @@ from registry.names import LATEST, VersionRef, validate_name, validate_relation
 from registry.rows import (
     SqlAdapter,
     SqlAdapterVersion,
-    SqlBaseModel,
     SqlLineageEdge,
-    SqlTask,
     SqlVersionTag,
 )
 from registry.validation import (
     _validated_alias,
-    _validated_metric_name,
     _validated_version_fields,
 )
 
@@ -142,7 +136,15 @@ def register_version(
     alias_names = [_validated_alias(a) for a in aliases]
     validate_name(adapter, "adapter name")
     return _publish_and_insert(
-        run, artifacts, adapter, artifact_path, files, fields, parent_refs, alias_names, on_published
+        run,
+        artifacts,
+        adapter,
+        artifact_path,
+        files,
+        fields,
+        parent_refs,
+        alias_names,
+        on_published,
     )
 
 
