@@ -20,12 +20,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 MAX_LINES = 450
 # Over MAX_LINES and being split in another branch; remove an entry once its file is split.
-BEING_SPLIT = {"registry/store.py"}
+BEING_SPLIT: set[str] = set()
 # Over MAX_LINES when this test was written, with no split under way yet: each may not grow past
 # the count recorded here; drop an entry once its file is back under MAX_LINES.
 OVER_LIMIT_NOT_YET_SPLIT = {
     "kroncl/tracking/tracker.py": 536,
-    "registry/artifacts.py": 534,
     "pipelines/continual.py": 472,
 }
 
