@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kroncl.adapters import LoadedAdapter, adapter_state_dict, count_adapter_parameters, load_adapter, save_adapter
+from kroncl.adapters import LoadedAdapter, adapter_state_dict, count_adapter_parameters, save_adapter
 from kroncl.compose import (
     BaseModelCache,
     ComposedModel,
@@ -45,6 +45,7 @@ from kroncl.compose import (
 )
 from kroncl.errors import KronclError
 from kroncl.models import ModelConfig, build_model
+from kroncl.quant import load_adapter_dequantized
 from pipelines.registration import base_model_identity, registry_name
 from registry import MERGED_FROM, AdapterVersion, HashMismatch, RegistryError, RegistryStore, parse_ref
 from registry.db import default_artifact_root, default_url
@@ -312,7 +313,7 @@ def compose(
 
     paths = [store.fetch_artifact(v.ref) for v in versions]  # re-hashes every file
     lap("fetch")
-    loaded = {v.task: load_adapter(p) for v, p in zip(versions, paths)}
+    loaded = {v.task: load_adapter_dequantized(p) for v, p in zip(versions, paths)}
     lap("read")
 
     if cache is not None:
@@ -358,7 +359,7 @@ def combine(
     """
     base_model = check_one_base(versions)
     node = model_node_for(versions, model, model_opts)
-    loaded = [load_adapter(store.fetch_artifact(v.ref)) for v in versions]
+    loaded = [load_adapter_dequantized(store.fetch_artifact(v.ref)) for v in versions]
     tensors, cfg = weighted_sum(loaded, weights)
     source_tasks = list(dict.fromkeys(v.task for v in versions))
     task = task or registry_name("-".join(source_tasks))

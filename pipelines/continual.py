@@ -45,8 +45,13 @@ from kroncl.fileio import atomic_write_text, remove_stale_temp_files
 from kroncl.metrics import AccuracyMatrix
 from kroncl.models import build_model
 from kroncl.evaluate import evaluate_accuracy, swapped_adapter
-from kroncl.quant import QuantScheme, artifact_bytes, dequantize_tensors, quantize_tensors
-from kroncl.quant.measure import quantization_error
+from kroncl.quant import (
+    artifact_bytes,
+    dequantize_tensors,
+    quantization_error,
+    quantize_tensors,
+    save_quantized_adapter,
+)
 from kroncl.strategy.adapter_sets import AdapterSets
 from kroncl.strategy.checkpoint import (
     Checkpoint,
@@ -306,7 +311,7 @@ class ExperienceRecorder:
         self.tracker = tracker
         self.registrar = registrar
         self.record = record
-        self.scheme = QuantScheme.from_name(settings.quant.scheme, block_size=settings.quant.block_size)
+        self.scheme = settings.quant.to_scheme()
         self.produced: list[dict[str, Any]] = []
 
     def restore(self, checkpoint: Checkpoint) -> None:
@@ -350,9 +355,9 @@ class ExperienceRecorder:
             return record
         scheme_name = self.settings.quant.scheme
         packed, meta = quantize_tensors(tensors, self.scheme)
-        q_dir = save_adapter(out / scheme_name, packed, cfg, base_model=registrar.base_model,
-                             extra={"quantization": meta, "task": task, "experience": index})
-        report = quantization_error(self.prep.model.backbone, name, packed, meta)
+        q_dir = save_quantized_adapter(out / scheme_name, packed, meta, cfg, base_model=registrar.base_model,
+                                       extra={"task": task, "experience": index})
+        report = quantization_error(tensors, packed, meta, cfg)
         quant_acc = self.measure_stored(index, name, dequantize_tensors(packed, meta))
         record.update({
             "quant_dir": str(q_dir), "quant_bytes": artifact_bytes(packed),
