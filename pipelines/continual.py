@@ -31,11 +31,9 @@ from omegaconf import DictConfig, OmegaConf
 from kroncl.adapters import (
     AdapterConfig,
     adapter_names,
-    adapter_state_dict,
     add_adapter,
     count_adapter_parameters,
     load_adapter_state_dict,
-    save_adapter,
 )
 from kroncl.config import RunSettings, config_hash, load_settings
 from kroncl.data import build_stream, make_benchmark
@@ -44,27 +42,18 @@ from kroncl.faults import fault_point
 from kroncl.fileio import atomic_write_text, remove_stale_temp_files
 from kroncl.metrics import AccuracyMatrix
 from kroncl.models import build_model
-from kroncl.evaluate import evaluate_accuracy, swapped_adapter
-from kroncl.quant import (
-    artifact_bytes,
-    dequantize_tensors,
-    quantization_error,
-    quantize_tensors,
-    save_quantized_adapter,
-)
 from kroncl.strategy.adapter_sets import AdapterSets
 from kroncl.strategy.checkpoint import (
     Checkpoint,
     check_same_config,
     load_checkpoint,
     refuse_config_change,
-    save_checkpoint,
 )
 from kroncl.strategy.loop import run_stream
-from kroncl.strategy.plugin_state import plugins_checkpoint_state, restore_plugins_state
 from kroncl.strategy.plugins import AccuracyCollector, build_plugins
 from kroncl.strategy.template import KronclStrategy, seed_everything
 from kroncl.tracking import Tracker, flatten_config
+from pipelines.experience import ExperienceRecorder
 from pipelines.registration import Registrar
 from pipelines.run_dir import RunLock, RunRecord, resolve_run_dir
 from pipelines.summary import format_summary
@@ -288,120 +277,6 @@ def build_strategy(settings: RunSettings, prep: Prepared, tracker: Tracker) -> K
         evaluator=evaluator,
         seed=settings.seed,
     )
-
-
-CLOCK_FIELDS = ("train_iterations", "train_exp_counter", "train_exp_epochs", "train_exp_iterations",
-                "train_epoch_iterations", "total_iterations")
-"""avalanche's clock: the steps its metrics are logged at, so a resumed run logs at the same ones."""
-
-
-class ExperienceRecorder:
-    """What happens after each experience: save, quantize, register, log, checkpoint.
-
-    Called by :func:`kroncl.strategy.loop.run_stream` as ``recorder(index, experience, matrix)``.
-    Every step is safe to repeat after a crash: files are replaced atomically, registration
-    finds the version a killed run already made, MLflow skips steps it already has.
-    """
-
-    def __init__(self, run_dir, settings, prep, strategy, tracker, registrar, record) -> None:
-        self.run_dir = run_dir
-        self.settings = settings
-        self.prep = prep
-        self.strategy = strategy
-        self.tracker = tracker
-        self.registrar = registrar
-        self.record = record
-        self.scheme = settings.quant.to_scheme()
-        self.produced: list[dict[str, Any]] = []
-
-    def restore(self, checkpoint: Checkpoint) -> None:
-        state = checkpoint.state
-        self.produced = list(state.get("artifacts", []))
-        self.registrar.restore(state.get("registry", {}))
-        for key, value in state.get("clock", {"train_exp_counter": checkpoint.next_experience}).items():
-            setattr(self.strategy.clock, key, value)
-        restore_plugins_state(self.strategy.plugins, state.get("plugins", {}), checkpoint.tensors,
-                              strategy=self.strategy, train_stream=self.prep.benchmark.train_stream)
-
-    def __call__(self, index: int, experience, matrix: AccuracyMatrix) -> None:
-        task = self.prep.task_names[index]
-        backbone = self.prep.model.backbone
-        name = self.prep.sets.current
-        tensors = adapter_state_dict(backbone, name)
-        record = self.save_and_register(index, task, name, tensors, matrix)
-        self.produced.append(record)
-        matrix.save(self.run_dir / "metrics")
-        self.tracker.log_accuracy_matrix(matrix)
-        ref = record.get("quant_ref") or record["fp32_ref"]
-        if ref is not None:  # registry=off registers nothing: no tag rather than the text "None"
-            self.tracker.set_tags({f"registry.{task}": ref})
-        fault_point("before_checkpoint", exp=index)
-        self.checkpoint(index, name, tensors, matrix)
-
-    def save_and_register(self, index: int, task: str, name: str, tensors, matrix) -> dict[str, Any]:
-        cfg, registrar, counts = self.prep.adapter_cfg, self.registrar, self.prep.param_counts
-        out = self.run_dir / "adapters" / f"exp{index}-{task}"
-        fp32_dir = save_adapter(out / "fp32", tensors, cfg, base_model=registrar.base_model,
-                                extra={"task": task, "experience": index, "adapter_set": name})
-        fault_point("after_save", exp=index)
-        record: dict[str, Any] = {
-            "experience": index, "task": task, "adapter_set": name,
-            "fp32_dir": str(fp32_dir), "fp32_bytes": artifact_bytes(tensors),
-        }
-        metrics = {"acc": matrix.get(index, index)}
-        record["fp32_ref"] = registrar.register(task, fp32_dir, bits=32, metrics=metrics,
-                                                param_count=counts["adapter_set"], experience=index)
-        if self.scheme is None:
-            return record
-        scheme_name = self.settings.quant.scheme
-        packed, meta = quantize_tensors(tensors, self.scheme)
-        q_dir = save_quantized_adapter(out / scheme_name, packed, meta, cfg, base_model=registrar.base_model,
-                                       extra={"task": task, "experience": index})
-        report = quantization_error(tensors, packed, meta, cfg)
-        quant_acc = self.measure_stored(index, name, dequantize_tensors(packed, meta))
-        record.update({
-            "quant_dir": str(q_dir), "quant_bytes": artifact_bytes(packed),
-            "quant_scheme": scheme_name, "delta_rel_error": report.summary(), "quant_acc": quant_acc,
-        })
-        record["quant_ref"] = registrar.register(
-            task, q_dir, bits=self.scheme.bits, metrics={"acc": quant_acc, **report.summary()},
-            param_count=counts["adapter_set"], experience=index, quantized_from=record["fp32_ref"])
-        self.tracker.log_metrics({f"quant/{task}/delta_rel_error_mean": report.mean,
-                                  f"quant/{task}/bytes_ratio": record["quant_bytes"] / record["fp32_bytes"],
-                                  f"quant/{task}/acc": quant_acc},
-                                 step=index)
-        return record
-
-    def measure_stored(self, index: int, name: str, tensors) -> float:
-        """Test accuracy on experience ``index``'s task with set ``name`` holding ``tensors``
-        (the dequantized artifact): the number its registry version records is measured on
-        what is stored, not copied from the fp32 adapter. The set is restored afterwards."""
-        strategy = self.strategy
-        with swapped_adapter(self.prep.model.backbone, name, tensors):
-            return evaluate_accuracy(
-                self.prep.model, self.prep.benchmark.test_stream[index].dataset, self.prep.sets.route,
-                batch_size=self.settings.train.eval_batch_size, device=strategy.device,
-                autocast=strategy._autocast)
-
-    def checkpoint(self, index: int, name: str, tensors, matrix: AccuracyMatrix) -> None:
-        backbone = self.prep.model.backbone
-        plugin_json, plugin_tensors = plugins_checkpoint_state(self.strategy.plugins)
-        save_checkpoint(
-            self.run_dir,
-            index + 1,
-            {n: tensors if n == name else adapter_state_dict(backbone, n) for n in adapter_names(backbone)},
-            {
-                "config": self.record.config,
-                "config_hash": self.record.config_hash,
-                "accuracy_matrix": matrix.to_dict(),
-                "adapter_sets": self.prep.sets.state_dict(),
-                "artifacts": self.produced,
-                "registry": self.registrar.state(),
-                "clock": {k: int(getattr(self.strategy.clock, k)) for k in CLOCK_FIELDS},
-                "plugins": plugin_json,
-            },
-            plugin_tensors,
-        )
 
 
 def finish(run_dir: Path, settings: RunSettings, prep: Prepared, matrix: AccuracyMatrix, tracker: Tracker,

@@ -5,7 +5,8 @@ Three layers, as in MLflow's model registry:
 * ``registry.entities`` - plain frozen dataclasses callers see;
 * ``registry.rows``     - SQLAlchemy rows (created by Alembic migrations in
   ``registry/migrations``);
-* ``registry.store``    - :class:`RegistryStore`, the only code touching rows.
+* ``registry.store``    - :class:`RegistryStore`, the only public code touching rows (a facade
+  over ``registry.catalog``, ``versions``, ``search``, ``lineage``, ``labels``).
 
 Artifacts (adapter directories or files) live in a content-addressed :class:`ArtifactStore` and
 are verified by sha256 whenever they are fetched. Backends: SQLite by default

@@ -1,7 +1,7 @@
 """Registry errors: one base class with a stable machine-readable ``code``.
 
 Every error the store raises is a :class:`RegistryError`; database exceptions are translated into
-these in :meth:`registry.store.RegistryStore._session`, so callers never need to catch
+these in :meth:`registry.session.Sessions.session`, so callers never need to catch
 SQLAlchemy types. Messages name the offending value and say what to change.
 """
 

@@ -256,7 +256,7 @@ def layer_config_mismatches(layers: dict[str, AdapterLinear], cfg: AdapterConfig
     factors, so tensors trained with another alpha would load without a shape error and give
     a silently wrong ΔW. This is the single check behind every path that adds tensors to
     layers already in a model: ``io.load_adapter_into``, ``peft_interop.import_peft_lokr`` and
-    ``kroncl.compose.attach_adapters`` (all through :func:`load_adapter_state_dict`).
+    ``kroncl.composition.attach_adapters`` (all through :func:`load_adapter_state_dict`).
     """
     file_hyper = {"method": cfg.method, "a_out": cfg.a_out, "a_in": cfg.a_in, "r": cfg.r, "alpha": float(cfg.alpha)}
     found: dict[str, list[object]] = {}

@@ -134,3 +134,8 @@ def json_safe_number(value: float) -> float | str:
     if math.isfinite(value):
         return value
     return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+
+
+def tag_values(tags) -> dict[str, str]:
+    """MLflow-safe tag names and values (stringified, cut to MLflow's length limit)."""
+    return {sanitize_name(k): truncate(str(v), MAX_TAG_VALUE_LENGTH) for k, v in (tags or {}).items()}

@@ -16,75 +16,48 @@ Design:
 * :meth:`Tracker.resume` reopens a SIGKILLed run and skips what MLflow already holds (one
   point per step); a SQLite store's first use is locked across processes
   (:mod:`kroncl.tracking.resume`), so runs started together on a fresh ``mlflow.db`` all work.
-* For remote URIs the MLflow HTTP timeout/retries are shortened (``MLFLOW_HTTP_REQUEST_TIMEOUT``,
-  ``MLFLOW_HTTP_REQUEST_MAX_RETRIES``, ``MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR``, only where the
-  user has not set them, and only for the duration of each call), so an unreachable server
-  fails in seconds instead of MLflow's default minutes of retrying.
+* For remote URIs MLflow's HTTP timeout/retries are shortened per call
+  (:func:`kroncl.tracking.uris.http_env`): an unreachable server fails in seconds.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import re
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from kroncl.fileio import atomic_write_text
 from kroncl.metrics import AccuracyMatrix
+from kroncl.tracking.matrix_log import AccuracyMatrixLog
 from kroncl.tracking.names import (
     MAX_METRICS_PER_BATCH,
     MAX_PARAMS_PER_BATCH,
-    MAX_TAG_VALUE_LENGTH,
     flatten_config,
     json_safe_number,
     redact_uri,
     sanitize_name,
     scalar_value,
-    truncate,
+    tag_values,
 )
-from kroncl.tracking.resume import reopen_run, split_params, sqlite_file_path, store_lock
+from kroncl.tracking.resume import reopen_run, split_params, store_lock
+from kroncl.tracking.uris import (
+    default_artifact_root,
+    default_tracking_uri,
+    ensure_experiment,
+    http_env,
+)
 
 log = logging.getLogger(__name__)
-
 T = TypeVar("T")
 
 RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
 TRACKING_DIR = "tracking"
 JSONL_NAME = "metrics.jsonl"
 RUN_INFO_NAME = "run.json"
-
-
-def default_tracking_uri(runs_root: str | Path) -> str:
-    """``sqlite:///<abs runs_root>/mlflow.db`` — the embedded store used when no URI is given."""
-    return f"sqlite:///{Path(runs_root).resolve() / 'mlflow.db'}"
-
-
-def _is_remote(uri: str) -> bool:
-    return uri.startswith(("http://", "https://"))
-
-
-def _default_artifact_root(uri: str, runs_root: Path) -> str | None:
-    """Local artifact root for database stores; ``None`` lets a server / file store decide."""
-    if _is_remote(uri) or uri.startswith("databricks") or "://" not in uri or uri.startswith("file:"):
-        return None
-    db_path = sqlite_file_path(uri)
-    if db_path is not None:
-        return (db_path.resolve().parent / "mlartifacts").as_uri()
-    return (runs_root.resolve() / "mlartifacts").as_uri()
-
-
-def _str_tags(tags: Mapping[str, Any] | None) -> dict[str, str]:
-    return {sanitize_name(k): truncate(str(v), MAX_TAG_VALUE_LENGTH) for k, v in (tags or {}).items()}
-
-
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "experiment"
 
 
 @dataclass(frozen=True)
@@ -141,7 +114,7 @@ class Tracker:
         self.runs_root = Path(runs_root) if runs_root is not None else self.run_dir.parent
         self.tracking_uri = uri or default_tracking_uri(self.runs_root)
         if artifact_root is None:
-            self.artifact_root = _default_artifact_root(self.tracking_uri, self.runs_root)
+            self.artifact_root = default_artifact_root(self.tracking_uri, self.runs_root)
         else:
             root = str(artifact_root)
             self.artifact_root = root if "://" in root else Path(root).resolve().as_uri()
@@ -159,9 +132,7 @@ class Tracker:
         self._consecutive_failures = 0
         self._gave_up = False
         self._ended = False
-        self._matrix_rows_logged = 0
-        self._matrix_baseline_logged = False
-        self._matrix_final_logged = False
+        self._matrix_log = AccuracyMatrixLog(self)
         # Filled by resume(): what MLflow already holds, never sent again.
         self._logged_steps: set[tuple[str, int]] = set()
         self._logged_params: dict[str, str] = {}
@@ -219,7 +190,7 @@ class Tracker:
         if not self.enabled:
             return None
         self._check_not_started()
-        str_tags = _str_tags(tags)
+        str_tags = tag_values(tags)
         return self._create_run(run_name, str_tags)
 
     def resume(self, run_id: str, tags: Mapping[str, Any] | None = None, *,
@@ -244,7 +215,7 @@ class Tracker:
         if not self.enabled:
             return None
         self._check_not_started()
-        str_tags = _str_tags(tags)
+        str_tags = tag_values(tags)
         self._append({"event": "resume", "run_id": run_id, "experiment": self.experiment,
                       "tracking_uri": redact_uri(self.tracking_uri), "tags": str_tags})
         outcome = self._call("resume", lambda: self._reopen(run_id, str_tags), need_run=False)
@@ -316,7 +287,7 @@ class Tracker:
         """Set run tags (values stringified, cut to MLflow's 8000-character limit)."""
         if not self.enabled or not tags:
             return
-        str_tags = _str_tags(tags)
+        str_tags = tag_values(tags)
         self._append({"event": "tags", "tags": str_tags})
         self._call("set_tags", lambda: self._send_tags(self.run_id, str_tags))
 
@@ -357,37 +328,8 @@ class Tracker:
         """
         if not self.enabled:
             return {}
-        from kroncl.tracking.plots import plot_accuracy_heatmap, plot_forgetting_curves
-
         out_dir = Path(directory) if directory is not None else self.run_dir / TRACKING_DIR / "accuracy"
-        files = dict(matrix.save(out_dir))
-        plots = {
-            "heatmap_png": (plot_accuracy_heatmap, "accuracy_heatmap.png"),
-            "curves_png": (plot_forgetting_curves, "forgetting_curves.png"),
-        }
-        for kind, (plot, filename) in plots.items():
-            try:
-                files[kind] = plot(matrix, out_dir / filename)
-            except Exception as exc:  # a broken plot must not stop training
-                self._record_failure("plot", exc, count=False)
-
-        names = [sanitize_name(t) for t in matrix.task_names]
-        if not self._matrix_baseline_logged and matrix.has_baseline:
-            self.log_metrics({f"baseline/{n}": v for n, v in zip(names, matrix.baseline)}, step=0)
-            self._matrix_baseline_logged = True
-        over_time = matrix.over_time()
-        for i in range(self._matrix_rows_logged, len(over_time)):
-            values: dict[str, Any] = {f"acc/{n}": v for n, v in zip(names, matrix.rows[i])}
-            values.update({f"stream/{k}": v for k, v in over_time[i].items() if k != "experience"})
-            self.log_metrics(values, step=i)
-        self._matrix_rows_logged = max(self._matrix_rows_logged, len(over_time))
-        if matrix.is_complete and not self._matrix_final_logged:
-            summary = matrix.summary()
-            self.log_metrics({f"final/{k}": summary[k] for k in ("acc", "bwt", "fwt", "forgetting")},
-                             step=matrix.num_tasks - 1)
-            self._matrix_final_logged = True
-        self.log_artifact(out_dir, artifact_path="accuracy")
-        return files
+        return self._matrix_log.log(matrix, out_dir)
 
     def end(self, status: str = "FINISHED") -> None:
         """Mark the run terminated with ``status`` (FINISHED, FAILED or KILLED); idempotent.
@@ -417,7 +359,7 @@ class Tracker:
         def create() -> str:
             with store_lock(self.tracking_uri):  # first use may create the schema: one process at a time
                 client = self._get_client()
-                experiment_id = self._ensure_experiment(client)
+                experiment_id = ensure_experiment(client, self.experiment, self.artifact_root)
             run = client.create_run(experiment_id, run_name=run_name, tags=str_tags)
             self.experiment_id = experiment_id
             return run.info.run_id
@@ -464,23 +406,6 @@ class Tracker:
             self._client = MlflowClient(tracking_uri=self.tracking_uri)
         return self._client
 
-    def _ensure_experiment(self, client: Any) -> str:
-        from mlflow.exceptions import MlflowException
-
-        experiment = client.get_experiment_by_name(self.experiment)
-        if experiment is None:
-            location = None if self.artifact_root is None else f"{self.artifact_root}/{_slug(self.experiment)}"
-            try:
-                return client.create_experiment(self.experiment, artifact_location=location)
-            except MlflowException:
-                # Another process may have created it between our lookup and create.
-                experiment = client.get_experiment_by_name(self.experiment)
-                if experiment is None:
-                    raise
-        if experiment.lifecycle_stage == "deleted":
-            client.restore_experiment(experiment.experiment_id)
-        return experiment.experiment_id
-
     def _call(self, operation: str, fn: Callable[[], T], need_run: bool = True) -> T | None:
         if self._gave_up or (need_run and self.run_id is None):
             return None
@@ -512,19 +437,8 @@ class Tracker:
             self._warned.add(key)
             log.warning(message)
 
-    @contextmanager
-    def _http_env(self) -> Iterator[None]:
-        if not _is_remote(self.tracking_uri):
-            yield
-            return
-        added = [k for k in self._http_env_defaults if k not in os.environ]
-        for key in added:
-            os.environ[key] = self._http_env_defaults[key]
-        try:
-            yield
-        finally:
-            for key in added:
-                os.environ.pop(key, None)
+    def _http_env(self):
+        return http_env(self.tracking_uri, self._http_env_defaults)
 
     def _append(self, record: dict[str, Any]) -> None:
         record = {"time": time.time(), **record}

@@ -7,8 +7,8 @@ import argparse
 import pytest
 import torch
 
-from kroncl.bench.__main__ import main as bench_main
-from kroncl.bench.adapters import build_variants, parse_shapes
+from pipelines.bench.__main__ import main as bench_main
+from pipelines.bench.adapters import build_variants, parse_shapes
 
 
 @pytest.mark.parametrize("d", [128, 256])  # PEFT keeps w2 factored only when r < b / 2

@@ -7,7 +7,7 @@ import importlib
 
 import pytest
 
-MODULES = ["kroncl.adapters.math", "kroncl.adapters.layers", "kroncl.adapters.inject", "kroncl.bench.adapters"]
+MODULES = ["kroncl.adapters.math", "kroncl.adapters.layers", "kroncl.adapters.inject", "pipelines.bench.adapters"]
 
 
 @pytest.mark.parametrize("name", MODULES)

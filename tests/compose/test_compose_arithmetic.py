@@ -9,7 +9,7 @@ import torch
 
 from kroncl.adapters import AdapterLinear, adapter_layers, load_adapter
 from kroncl.adapters.math import kron_delta
-from kroncl.compose import ComposeError, kron_as_lora, lowrank_terms, weighted_sum
+from kroncl.composition import ComposeError, kron_as_lora, lowrank_terms, weighted_sum
 from pipelines.compose import combine, compose, select_versions
 from registry import Conflict
 

@@ -1,10 +1,10 @@
-"""``kroncl.bench.compose`` runs end to end (tiny model) and prints the step breakdown."""
+"""``pipelines.bench.compose`` runs end to end (tiny model) and prints the step breakdown."""
 
 from __future__ import annotations
 
 import re
 
-from kroncl.bench.compose import STEPS, main
+from pipelines.bench.compose import STEPS, main
 
 
 def test_bench_prints_breakdown_and_verdict(capsys, tmp_path):

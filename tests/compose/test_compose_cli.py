@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from kroncl.adapters import load_adapter
-from kroncl.compose import accuracy, attach_adapters
+from kroncl.composition import accuracy, attach_adapters
 from kroncl.models import ModelConfig, build_model
 from pipelines.compose import main
 

@@ -1,12 +1,24 @@
-"""The doctest examples in kroncl.compose are part of its contract: run them."""
+"""The doctest examples in kroncl.composition are part of its contract: run them."""
 
 from __future__ import annotations
 
 import doctest
 
-import kroncl.compose
+import pytest
+
+import kroncl.composition.arithmetic
+import kroncl.composition.compatible
+
+MODULES = [kroncl.composition.compatible, kroncl.composition.arithmetic]
 
 
-def test_compose_doctests():
-    result = doctest.testmod(kroncl.compose, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
-    assert result.attempted >= 3 and result.failed == 0
+@pytest.mark.parametrize("module", MODULES, ids=lambda m: m.__name__)
+def test_composition_doctests(module):
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted >= 1 and result.failed == 0
+
+
+def test_composition_doctests_cover_the_pure_functions():
+    finder = doctest.DocTestFinder()
+    names = {t.name.rpartition(".")[2] for m in MODULES for t in finder.find(m) if t.examples}
+    assert {"set_name_for", "layer_tensors", "kron_as_lora"} <= names

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from kroncl.adapters import AdapterConfig, LoadedAdapter, adapter_layers, adapter_state_dict, inject_adapters
-from kroncl.compose import ComposeError, attach_adapters
+from kroncl.composition import ComposeError, attach_adapters
 from kroncl.errors import AdapterStateError
 from kroncl.models import ModelConfig, build_model
 

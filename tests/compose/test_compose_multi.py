@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from kroncl.adapters import load_adapter
-from kroncl.compose import ComposeError, attach_adapters
+from kroncl.composition import ComposeError, attach_adapters
 from kroncl.models import ModelConfig, build_model
 from pipelines.compose import compose, select_versions
 from registry import AdapterVersion

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from kroncl.adapters import AdapterLinear, adapter_layers
-from kroncl.compose import BaseModelCache, ComposeError
+from kroncl.composition import BaseModelCache, ComposeError
 from kroncl.models import ModelConfig, build_model
 from pipelines.compose import compose, newest_for_task, save_composition, select_versions
 from registry import NotFound
@@ -100,7 +100,7 @@ def test_cached_base_model_is_restored_between_compositions(trained, live_scores
     v_small = select_versions(trained.store, [trained.refs["toy_smaller"]])
     first = compose(trained.store, v_large, merge=True, cache=cache)
     assert not first.base_cached
-    from kroncl.compose import bake_merged
+    from kroncl.composition import bake_merged
 
     bake_merged(first.composed)  # changes the cached model's weights in place
     second = compose(trained.store, v_small, merge=True, cache=cache)

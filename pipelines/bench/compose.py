@@ -1,4 +1,4 @@
-"""Benchmark: compose a per-task MiniLM model from the registry (``python -m kroncl.bench compose``).
+"""Benchmark: compose a per-task MiniLM model from the registry (``python -m pipelines.bench compose``).
 
 Self-contained: it builds a throw-away SQLite registry in a temporary folder holding one
 Kron-LoRA adapter for MiniLM (all default targets plus the classifier head; factors filled with
@@ -48,7 +48,12 @@ def build_registry(root: Path, model_name: str, seed: int = 0):
     Returns:
         ``(store, ref, live_model)``: the live model has the adapter active (unmerged).
     """
-    from kroncl.adapters import AdapterConfig, adapter_state_dict, inject_adapters, save_adapter
+    from kroncl.adapters import (
+        AdapterConfig,
+        adapter_state_dict,
+        inject_adapters,
+        save_adapter,
+    )
     from kroncl.models import ModelConfig, build_model
     from pipelines.registration import Registrar, base_model_identity
     from registry import RegistryStore
@@ -112,7 +117,7 @@ def format_table(columns: dict[str, dict[str, float]]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m kroncl.bench compose", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m pipelines.bench compose", description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="minilm", help="base model preset (default minilm; tiny for a smoke run)")
     ap.add_argument("--repeats", type=int, default=7, help="compositions per scenario (default 7)")
     ap.add_argument("--threads", type=int, default=1,
@@ -125,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
 
-    from kroncl.compose import BaseModelCache
+    from kroncl.composition import BaseModelCache
 
     print(f"kroncl compose benchmark: {args.model} per-task model from the registry, merged")
     print(f"CPU logical cores: {os.cpu_count()}; torch threads: {torch.get_num_threads()}; torch {torch.__version__}; "

@@ -1,4 +1,4 @@
-"""``python -m kroncl.bench {adapters,quant} [options]``: dispatch to a benchmark's ``main(argv)``."""
+"""``python -m pipelines.bench {adapters,quant,compose} [options]``: dispatch to a benchmark's ``main(argv)``."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import sys
 
 # Imported lazily so one benchmark's dependencies never slow down or break another.
 COMMANDS = {
-    "adapters": ("kroncl.bench.adapters", "time one adapted linear layer: base, LoRA, Kron-LoRA, PEFT LoKr"),
-    "quant": ("kroncl.bench.quant", "int8/int4 adapter artifacts: bytes, ΔW error, accuracy drop (Kron vs LoRA)"),
-    "compose": ("kroncl.bench.compose", "compose a per-task MiniLM model from the registry: lookup, fetch, load, merge"),
+    "adapters": ("pipelines.bench.adapters", "time one adapted linear layer: base, LoRA, Kron-LoRA, PEFT LoKr"),
+    "quant": ("pipelines.bench.quant", "int8/int4 adapter artifacts: bytes, ΔW error, accuracy drop (Kron vs LoRA)"),
+    "compose": ("pipelines.bench.compose", "compose a per-task MiniLM model from the registry: lookup, fetch, load, merge"),
 }
 
 
@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         lines = [f"  {name:<10}{help_}" for name, (_, help_) in COMMANDS.items()]
-        print("usage: python -m kroncl.bench {" + ",".join(COMMANDS) + "} [options]\n" + "\n".join(lines))
+        print("usage: python -m pipelines.bench {" + ",".join(COMMANDS) + "} [options]\n" + "\n".join(lines))
         if argv and argv[0] not in ("-h", "--help"):
             print(f"unknown benchmark {argv[0]!r}", file=sys.stderr)
             return 2

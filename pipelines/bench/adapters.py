@@ -1,4 +1,4 @@
-"""Benchmark: forward+backward time of one adapted linear layer (``python -m kroncl.bench adapters``).
+"""Benchmark: forward+backward time of one adapted linear layer (``python -m pipelines.bench adapters``).
 
 Variants per shape d_in→d_out, all timed in one process on the same input (2048 tokens):
 frozen base alone, LoRA r=8, Kron-LoRA (A 2×2 and 4×4, r=8), and PEFT's LoKr layer with the same
@@ -249,7 +249,7 @@ def parse_shapes(text: str) -> list[tuple[int, int]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m kroncl.bench adapters", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m pipelines.bench adapters", description=__doc__.split("\n")[0])
     ap.add_argument("--shapes", type=parse_shapes, default=list(DEFAULT_SHAPES),
                     help="comma-separated d_in x d_out list (default: 384x384,384x1536,768x3072,4096x4096)")
     ap.add_argument("--repeats", type=int, default=15, help="interleaved rounds per shape (default 15)")

@@ -1,1 +1,0 @@
-"""Benchmarks run by hand (``python -m kroncl.bench <name>``), never as timed tests."""

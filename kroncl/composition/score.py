@@ -1,0 +1,65 @@
+"""Scoring one task's examples with a composed model: predictions, labels, accuracy."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from kroncl.composition.compatible import ComposeError
+
+if TYPE_CHECKING:
+    from kroncl.composition.attach import ComposedModel
+    from kroncl.data.example import MCExample
+
+__all__ = ["score_examples", "accuracy"]
+
+
+def score_examples(
+    composed: ComposedModel, examples: Sequence[MCExample], task: str | None = None, batch_size: int = 64,
+    progress: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """Score ``examples`` of one task with the composed model.
+
+    Args:
+        composed: the composed model.
+        examples: rows of one task.
+        task: the rows' task; required when several sets are resident (it picks the set).
+        batch_size: rows per forward.
+        progress: show a progress bar.
+
+    Returns:
+        ``(predictions, labels)``, both (N,) long.
+
+    Raises:
+        ComposeError: several sets are resident and ``task`` is None or not composed.
+    """
+    if composed.multi and task is None:
+        raise ComposeError(f"name the examples' task: this model routes between {composed.tasks}")
+    label = composed.label(task) if composed.multi else 0
+    model = composed.model
+    preds, labels = [], []
+    starts = range(0, len(examples), batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc=f"scoring {task or 'examples'}", unit="batch", leave=False)
+    for start in starts:
+        feats = [{**model.encode(ex), "task_labels": label} for ex in examples[start:start + batch_size]]
+        batch = model.collate(feats)
+        preds.append(composed(batch).argmax(dim=-1))
+        labels.append(batch["labels"])
+    if not preds:
+        return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
+    return torch.cat(preds), torch.cat(labels)
+
+
+def accuracy(
+    composed: ComposedModel, examples: Sequence[MCExample], task: str | None = None, batch_size: int = 64,
+    progress: bool = False,
+) -> float:
+    """Share of ``examples`` whose best-scoring choice is the right one (NaN for no rows)."""
+    preds, labels = score_examples(composed, examples, task, batch_size, progress)
+    return float("nan") if labels.numel() == 0 else (preds == labels).float().mean().item()

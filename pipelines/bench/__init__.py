@@ -1,0 +1,1 @@
+"""Benchmarks run by hand (``python -m pipelines.bench <name>``), never as timed tests."""

@@ -1,0 +1,73 @@
+"""Scoring a composition on each task's test split, carved as the training run carved it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from kroncl.composition import accuracy
+from pipelines.compose.build import Composition
+from registry import AdapterVersion
+
+__all__ = ["EvalResult", "evaluate"]
+
+
+@dataclass
+class EvalResult:
+    task: str
+    rows: int
+    acc: float
+    registry_acc: float | None
+    """The source version's registered ``acc`` when the test split is the one it was measured on."""
+    source: str | None
+
+
+def evaluate(
+    composition: Composition,
+    tasks: Sequence[str] = (),
+    *,
+    data_dir: str | None = None,
+    max_test: int | None = None,
+    batch_size: int = 64,
+    sources: Sequence[AdapterVersion] = (),
+    progress: bool = False,
+) -> list[EvalResult]:
+    """Accuracy of the composed model on each task's test split.
+
+    Each task's split is carved as the run that trained it carved it (``config.run.stream``
+    seed, fractions, ``max_test``, ``data.dir`` of the version trained on it), unless
+    ``data_dir`` / ``max_test`` override them.
+
+    Args:
+        tasks: tasks to score; default: the composed versions' tasks (or the source tasks of
+            a task-arithmetic version, taken from ``sources``).
+        sources: versions to take each task's split settings and reference accuracy from
+            (default: the composed versions).
+
+    Raises:
+        ComposeError: a task is not composed while several sets are resident.
+        DataError: a task cannot be loaded.
+    """
+    from kroncl.data import load_task
+
+    sources = list(sources) or composition.versions
+    by_task = {v.task: v for v in sources}
+    tasks = list(tasks) or list(by_task)
+    results = []
+    for task in tasks:
+        src = by_task.get(task)
+        run = (src.config.get("run") or {}) if src else {}
+        stream = run.get("stream") or {}
+        kwargs = {k: stream[k] for k in ("validation_fraction", "test_fraction", "max_train", "max_validation",
+                                          "max_test") if stream.get(k) is not None}
+        if max_test is not None:
+            kwargs["max_test"] = max_test
+        folder = data_dir or (run.get("data") or {}).get("dir")
+        splits = load_task(task, folder, seed=int(stream.get("seed", 0)), strict=bool(stream.get("strict", False)),
+                           **kwargs)
+        composed = composition.composed
+        acc = accuracy(composed, splits.test, task if composed.multi else None, batch_size, progress)
+        same_split = src is not None and max_test in (None, stream.get("max_test")) and data_dir in (None, folder)
+        ref_acc = src.metrics.get("acc") if same_split else None
+        results.append(EvalResult(task, len(splits.test), acc, ref_acc, src.ref if src else None))
+    return results
