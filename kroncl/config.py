@@ -19,13 +19,13 @@ from typing import Any
 
 from kroncl.errors import ConfigError
 from kroncl.fields import check_types, shown
+from kroncl.quant.scheme import DEFAULT_BLOCK_SIZE, SCHEME_NAMES, block_size_problem
 
 STRATEGY_MODES = ("sequential", "per_task", "orthogonal")
 PLUGINS = ("replay", "lwf", "ewc")
 SCHEDULES = ("linear", "cosine", "constant")
 DEVICES = ("cpu", "cuda", "auto")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-QUANT_SCHEMES = ("none", "int8", "int4", "nf4")
 
 
 @dataclass
@@ -61,8 +61,22 @@ class StrategyConfig:
 
 @dataclass
 class QuantConfig:
+    """Which quantized copy a run stores beside each fp32 adapter.
+
+    The names and parameter rules live in :mod:`kroncl.quant.scheme` (torch-free); the run
+    turns this into a ``QuantScheme`` with :meth:`to_scheme`.
+    """
+
     scheme: str = "none"
-    block_size: int = 64
+    """One of ``kroncl.quant.scheme.SCHEME_NAMES`` ("none" stores no quantized copy)."""
+    block_size: int = DEFAULT_BLOCK_SIZE
+    """Values per scale for the 4-bit schemes (see ``QuantScheme.block_size``)."""
+
+    def to_scheme(self):  # -> kroncl.quant.QuantScheme | None
+        """The ``QuantScheme`` these settings name (None for "none")."""
+        from kroncl.quant.scheme import QuantScheme
+
+        return QuantScheme.from_name(self.scheme, block_size=self.block_size)
 
 
 @dataclass
@@ -122,9 +136,10 @@ def validate_strategy(cfg: StrategyConfig, errors: list[str]) -> None:
 
 
 def validate_quant(cfg: QuantConfig, errors: list[str]) -> None:
-    _check_choice(errors, "quant", cfg.scheme, QUANT_SCHEMES)
-    if cfg.block_size <= 0 or cfg.block_size % 2:
-        errors.append(f"quant.block_size={cfg.block_size!r} must be a positive even number")
+    _check_choice(errors, "quant", cfg.scheme, SCHEME_NAMES)
+    problem = block_size_problem(cfg.block_size)
+    if problem:
+        errors.append(f"quant.block_size={cfg.block_size!r}: {problem}")
 
 
 def build_section(cls: type, node: Any, key: str, errors: list[str]) -> Any:

@@ -1,20 +1,48 @@
-"""Scoring a model with resident adapter sets on a dataset of multiple-choice rows.
+"""Scoring a multiple-choice model: the one place that turns scores into predictions and accuracy.
 
-:func:`evaluate_accuracy` is plain inference: no Avalanche template, no plugins, no metric
-loggers and no RNG, so it can score a variant of the model (e.g. a quantized adapter swapped in
-for a moment) without leaving a trace in the run's metrics or changing its results.
+- :func:`predictions` — ``(predictions, labels)`` of dict batches under any forward function;
+  composition (:mod:`kroncl.composition.score`) and :func:`evaluate_accuracy` use it;
+- :func:`count_correct` — the per-batch count the strategy's accuracy collector (inside
+  avalanche's eval loop, so avalanche's own metrics see the same batches) adds up;
+- :func:`evaluate_accuracy` — plain inference over a dataset: no Avalanche template, no plugins,
+  no metric loggers and no RNG, so it can score a variant of the model (e.g. a quantized adapter
+  swapped in for a moment) without leaving a trace in the run's metrics or changing its results.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 from torch.utils.data import DataLoader
 
 from kroncl.adapters import adapter_state_dict, load_adapter_state_dict
 from kroncl.adapters.routing import routed_forward
+
+
+def count_correct(scores: torch.Tensor, labels: torch.Tensor) -> tuple[int, int]:
+    """(rows whose best-scoring choice is the labelled one, rows) of one batch; scores (B, C)."""
+    return int((scores.float().argmax(dim=-1) == labels).sum()), int(labels.numel())
+
+
+def accuracy_of(preds: torch.Tensor, labels: torch.Tensor) -> float:
+    """Share of ``preds`` equal to ``labels`` (NaN for no rows)."""
+    return float("nan") if labels.numel() == 0 else (preds == labels).float().mean().item()
+
+
+@torch.no_grad()
+def predictions(
+    forward: Callable[[dict], torch.Tensor], batches: Iterable[dict],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(predictions, labels)``, both (N,) long, of ``batches`` scored by ``forward``."""
+    preds, labels = [], []
+    for batch in batches:
+        preds.append(forward(batch).float().argmax(dim=-1))
+        labels.append(batch["labels"])
+    if not preds:
+        return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
+    return torch.cat(preds), torch.cat(labels)
 
 
 @torch.no_grad()
@@ -39,19 +67,21 @@ def evaluate_accuracy(
     Returns:
         The accuracy, NaN for an empty dataset.
     """
+    def forward(batch: dict) -> torch.Tensor:
+        with autocast():
+            return routed_forward(model, model, batch, batch["task_labels"], route)
+
+    def batches() -> Iterator[dict]:
+        for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=dataset.collate_fn):
+            yield {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
     was_training = model.training
     model.eval()
-    correct = total = 0
     try:
-        for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=dataset.collate_fn):
-            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-            with autocast():
-                scores = routed_forward(model, model, batch, batch["task_labels"], route)
-            correct += int((scores.float().argmax(dim=-1) == batch["labels"]).sum())
-            total += int(batch["labels"].numel())
+        preds, labels = predictions(forward, batches())
     finally:
         model.train(was_training)
-    return correct / total if total else float("nan")
+    return accuracy_of(preds, labels.to(preds.device))
 
 
 @contextlib.contextmanager

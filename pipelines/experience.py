@@ -13,11 +13,15 @@ from kroncl.adapters import adapter_names, adapter_state_dict, save_adapter
 from kroncl.evaluate import evaluate_accuracy, swapped_adapter
 from kroncl.faults import fault_point
 from kroncl.metrics import AccuracyMatrix
-from kroncl.quant import QuantScheme, artifact_bytes, dequantize_tensors, quantize_tensors
-from kroncl.quant.measure import quantization_error
+from kroncl.quant import (
+    artifact_bytes,
+    dequantize_tensors,
+    quantization_error,
+    quantize_tensors,
+    save_quantized_adapter,
+)
 from kroncl.strategy.checkpoint import Checkpoint, save_checkpoint
 from kroncl.strategy.plugin_state import plugins_checkpoint_state, restore_plugins_state
-
 
 CLOCK_FIELDS = ("train_iterations", "train_exp_counter", "train_exp_epochs", "train_exp_iterations",
                 "train_epoch_iterations", "total_iterations")
@@ -40,7 +44,7 @@ class ExperienceRecorder:
         self.tracker = tracker
         self.registrar = registrar
         self.record = record
-        self.scheme = QuantScheme.from_name(settings.quant.scheme, block_size=settings.quant.block_size)
+        self.scheme = settings.quant.to_scheme()
         self.produced: list[dict[str, Any]] = []
 
     def restore(self, checkpoint: Checkpoint) -> None:
@@ -84,9 +88,9 @@ class ExperienceRecorder:
             return record
         scheme_name = self.settings.quant.scheme
         packed, meta = quantize_tensors(tensors, self.scheme)
-        q_dir = save_adapter(out / scheme_name, packed, cfg, base_model=registrar.base_model,
-                             extra={"quantization": meta, "task": task, "experience": index})
-        report = quantization_error(self.prep.model.backbone, name, packed, meta)
+        q_dir = save_quantized_adapter(out / scheme_name, packed, meta, cfg, base_model=registrar.base_model,
+                                       extra={"task": task, "experience": index})
+        report = quantization_error(tensors, packed, meta, cfg)
         quant_acc = self.measure_stored(index, name, dequantize_tensors(packed, meta))
         record.update({
             "quant_dir": str(q_dir), "quant_bytes": artifact_bytes(packed),

@@ -103,7 +103,6 @@ def test_adapters_do_not_import_strategy():
     assert violations(sources("kroncl/adapters"), ("kroncl.strategy",)) == []
 
 
-@pytest.mark.xfail(strict=True, reason="kroncl/adapters/io.py -> kroncl.quant, being removed")
 def test_adapters_do_not_import_quant():
     assert violations(sources("kroncl/adapters"), ("kroncl.quant",)) == []
 

@@ -29,7 +29,15 @@ from kroncl.adapters.inject import (
     set_requires_grad,
     unmerge_adapters,
 )
-from kroncl.adapters.io import LoadedAdapter, load_adapter, load_adapter_into, save_adapter
+from kroncl.adapters.io import (
+    LoadedAdapter,
+    attach_adapter,
+    checked_adapter,
+    load_adapter,
+    load_adapter_into,
+    read_adapter,
+    save_adapter,
+)
 from kroncl.adapters.routing import routed_forward
 from kroncl.adapters.layers import AdapterLinear, DenseDeltaLinear, KronLoRALinear, LoRALinear
 from kroncl.adapters.math import (
@@ -64,8 +72,11 @@ __all__ = [
     "set_requires_grad",
     "unmerge_adapters",
     "LoadedAdapter",
+    "attach_adapter",
+    "checked_adapter",
     "load_adapter",
     "load_adapter_into",
+    "read_adapter",
     "save_adapter",
     "AdapterLinear",
     "DenseDeltaLinear",

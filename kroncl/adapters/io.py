@@ -4,13 +4,19 @@ The JSON holds everything needed to rebuild the adapter layers on the base model
 
     {"format_version": 1, "method": "kron", "a_out": 2, "a_in": 2, "r": 8, "alpha": 16.0,
      "dropout": 0.0, "targets": [...], "head_targets": [...], "base_model": "<id or path>",
-     "quantization": null | {<scheme dict from kroncl.quant>}, ...extra keys}
+     "quantization": null | {<scheme dict owned by kroncl.quant>}, ...extra keys}
 
 Tensor keys are "<module path>.<param>" as produced by ``inject.adapter_state_dict``. Both files
 are written to a temporary name and moved into place with ``os.replace``, so a reader never sees
 a half-written file. Nothing is pickled.
 
-Integrity (checked by :func:`load_adapter` before anything reaches a model):
+This package reads plain adapters; it never imports ``kroncl.quant``. A quantized folder (its
+``quantization`` entry set) is refused by :func:`load_adapter` with an error naming
+``kroncl.quant.load_adapter_dequantized``, which reads it with :func:`read_adapter`, dequantizes
+and applies the same checks (:func:`checked_adapter`).
+
+Integrity (checked by :func:`read_adapter` and :func:`checked_adapter`, i.e. by every loader,
+before anything reaches a model):
 
 * ``"weights_sha256"`` in the JSON is the sha256 of ``adapter.safetensors``; a flipped byte, a
   truncated copy or a weights file from another save is refused. The weights are written
@@ -49,7 +55,11 @@ __all__ = [
     "HASH_KEY",
     "LoadedAdapter",
     "save_adapter",
+    "read_adapter",
+    "checked_adapter",
     "load_adapter",
+    "attach_adapter",
+    "load_adapter_into",
     "file_sha256",
     "adapter_file",
     "check_finite",
@@ -70,7 +80,8 @@ class LoadedAdapter:
     """An adapter read from disk.
 
     Attributes:
-        tensors: "<module path>.<param>" -> float tensor (dequantized when the file was quantized).
+        tensors: "<module path>.<param>" -> tensor: float from :func:`load_adapter` (and from
+            ``kroncl.quant.load_adapter_dequantized``), as stored from :func:`read_adapter`.
         config: the adapter hyper-parameters and targets.
         meta: the whole JSON document (format_version, base_model, quantization, extra keys).
     """
@@ -101,8 +112,9 @@ def save_adapter(
         cfg: the adapter config the tensors belong to.
         base_model: id or path of the base model the adapter was trained on.
         extra: additional JSON-serialisable top-level keys. ``extra["quantization"]`` is how
-            ``kroncl.quant`` marks a quantized file (the scheme dict passed back to
-            ``kroncl.quant.dequantize_tensors`` on load); other core keys may not be overridden.
+            ``kroncl.quant.save_quantized_adapter`` marks a quantized file (the dict
+            ``kroncl.quant.load_adapter_dequantized`` reads back); other core keys may not be
+            overridden.
 
     Returns:
         The directory path.
@@ -261,20 +273,20 @@ def _check_hash(meta: dict[str, Any], w_path: Path, cfg_path: Path) -> None:
         )
 
 
-def load_adapter(directory: str | os.PathLike, dtype: torch.dtype = torch.float32) -> LoadedAdapter:
-    """Read an adapter folder written by :func:`save_adapter`.
+def read_adapter(directory: str | os.PathLike) -> LoadedAdapter:
+    """Read an adapter folder's files exactly as stored, after the file-level integrity checks.
 
-    Args:
-        directory: folder holding ``adapter.safetensors`` and ``adapter_config.json``.
-        dtype: floating dtype of the returned tensors.
-
-    Returns:
-        ``LoadedAdapter``; quantized files are dequantized by ``kroncl.quant.dequantize_tensors``.
+    Checks both files are regular files inside the folder, the JSON, its format version and
+    adapter config, and the weights' sha256; the tensors come back as stored (packed
+    ``"<key>.qweight"`` / ``"<key>.scales"`` for a quantized file, which this package does not
+    interpret). Use :func:`load_adapter` for a plain adapter and
+    ``kroncl.quant.load_adapter_dequantized`` for any folder, quantized or not: both go on to
+    check finiteness and shapes (:func:`checked_adapter`).
 
     Raises:
         AdapterLoadError: a file is missing, malformed, a symlink or outside the folder; the
             format version is newer than this code understands; the weights do not match the
-            recorded sha256; a tensor is not finite or its shape does not follow from the config.
+            recorded sha256.
     """
     d = Path(directory)
     missing = [n for n in (CONFIG_NAME, WEIGHTS_NAME) if not (d / n).is_file() and not (d / n).is_symlink()]
@@ -302,35 +314,78 @@ def load_adapter(directory: str | os.PathLike, dtype: torch.dtype = torch.float3
         tensors = load_file(str(w_path))
     except (SafetensorError, OSError, ValueError) as e:
         raise AdapterLoadError(f"{w_path} is not a readable safetensors file: {e}") from e
-
-    scheme = meta.get("quantization")
-    if scheme is not None:
-        from kroncl.quant import dequantize_tensors  # lazy: quant is optional for plain adapters
-
-        tensors = dequantize_tensors(tensors, scheme, dtype)
-    else:
-        tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
-    check_finite(tensors, w_path)
-    check_tensor_shapes(tensors, cfg, w_path)
     return LoadedAdapter(tensors=tensors, config=cfg, meta=meta)
 
 
-def load_adapter_into(
-    model: torch.nn.Module, directory: str | os.PathLike, name: str = "default", dtype: torch.dtype = torch.float32
+def checked_adapter(stored: LoadedAdapter, tensors: dict[str, Tensor], directory: str | os.PathLike) -> LoadedAdapter:
+    """``stored`` with its float ``tensors`` in place of the stored ones, once they pass the checks.
+
+    Every tensor must be finite (:func:`check_finite`) and its shape must follow from the config
+    (:func:`check_tensor_shapes`). ``kroncl.quant`` calls this on the dequantized tensors.
+
+    Raises:
+        AdapterLoadError: a tensor is not finite or its shape does not follow from the config.
+    """
+    w_path = Path(directory) / WEIGHTS_NAME
+    check_finite(tensors, w_path)
+    check_tensor_shapes(tensors, stored.config, w_path)
+    return LoadedAdapter(tensors=tensors, config=stored.config, meta=stored.meta)
+
+
+def load_adapter(directory: str | os.PathLike, dtype: torch.dtype = torch.float32) -> LoadedAdapter:
+    """Read a plain (not quantized) adapter folder written by :func:`save_adapter`.
+
+    Args:
+        directory: folder holding ``adapter.safetensors`` and ``adapter_config.json``.
+        dtype: floating dtype of the returned tensors.
+
+    Returns:
+        ``LoadedAdapter`` with float tensors.
+
+    Raises:
+        AdapterLoadError: see :func:`read_adapter`; the folder is quantized (its config has a
+            ``quantization`` entry: load it with ``kroncl.quant.load_adapter_dequantized``); a
+            tensor is not finite or its shape does not follow from the config.
+    """
+    stored = read_adapter(directory)
+    scheme = stored.meta.get("quantization")
+    if scheme is not None:
+        name = scheme.get("scheme") if isinstance(scheme, dict) else scheme
+        raise AdapterLoadError(
+            f"{Path(directory) / CONFIG_NAME}: the adapter is quantized (scheme {name!r}); kroncl.adapters reads "
+            "plain adapters only: load it with kroncl.quant.load_adapter_dequantized(directory) (or "
+            "kroncl.quant.load_adapter_dequantized_into(model, directory, name)), which dequantizes it"
+        )
+    tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in stored.tensors.items()}
+    return checked_adapter(stored, tensors, directory)
+
+
+def attach_adapter(
+    model: torch.nn.Module, loaded: LoadedAdapter, name: str = "default", source: str | os.PathLike = ""
 ) -> LoadedAdapter:
-    """Load an adapter folder into ``model`` as set ``name`` (strictly) and return what was read.
+    """Put the adapter ``loaded`` into ``model`` as set ``name`` (strictly) and return it.
 
     Injects the adapter layers first when ``model`` has none; otherwise adds set ``name`` to the
     existing layers (which must match the file's targets and shapes, and its method, factors,
     r and alpha: the layers scale every set by their own alpha / r).
 
     Raises:
-        AdapterLoadError: see :func:`load_adapter` and ``inject.load_adapter_state_dict``.
+        AdapterLoadError: see ``inject.load_adapter_state_dict``.
     """
     from kroncl.adapters.inject import adapter_layers, inject_adapters, load_adapter_state_dict
 
-    loaded = load_adapter(directory, dtype=dtype)
     if not adapter_layers(model):
         inject_adapters(model, loaded.config, adapter_name=name)
-    load_adapter_state_dict(model, loaded.tensors, name, strict=True, config=loaded.config, source=str(directory))
+    load_adapter_state_dict(model, loaded.tensors, name, strict=True, config=loaded.config, source=str(source))
     return loaded
+
+
+def load_adapter_into(
+    model: torch.nn.Module, directory: str | os.PathLike, name: str = "default", dtype: torch.dtype = torch.float32
+) -> LoadedAdapter:
+    """Load a plain adapter folder into ``model`` as set ``name`` (:func:`attach_adapter`).
+
+    Raises:
+        AdapterLoadError: see :func:`load_adapter` and ``inject.load_adapter_state_dict``.
+    """
+    return attach_adapter(model, load_adapter(directory, dtype=dtype), name, source=directory)

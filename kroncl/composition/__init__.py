@@ -1,7 +1,7 @@
 """Composing a ready model from trained adapters: one task, several resident tasks, or a sum.
 
 Library parts only. Every function takes a :class:`~kroncl.models.MultipleChoiceModel` and
-adapters already read by :func:`kroncl.adapters.load_adapter`; finding versions in the registry,
+adapters already read (``kroncl.quant.load_adapter_dequantized``: plain or quantized folders); finding versions in the registry,
 fetching and checking their artifacts is ``pipelines.compose``'s job.
 
 Three ways to compose:

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-import torch
 from torch import Tensor
 
 from kroncl.composition.compatible import ComposeError
+from kroncl.evaluate import accuracy_of, predictions
 
 if TYPE_CHECKING:
     from kroncl.composition.attach import ComposedModel
@@ -40,20 +40,14 @@ def score_examples(
         raise ComposeError(f"name the examples' task: this model routes between {composed.tasks}")
     label = composed.label(task) if composed.multi else 0
     model = composed.model
-    preds, labels = [], []
     starts = range(0, len(examples), batch_size)
     if progress:
         from tqdm.auto import tqdm
 
         starts = tqdm(starts, desc=f"scoring {task or 'examples'}", unit="batch", leave=False)
-    for start in starts:
-        feats = [{**model.encode(ex), "task_labels": label} for ex in examples[start:start + batch_size]]
-        batch = model.collate(feats)
-        preds.append(composed(batch).argmax(dim=-1))
-        labels.append(batch["labels"])
-    if not preds:
-        return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
-    return torch.cat(preds), torch.cat(labels)
+    batches = (model.collate([{**model.encode(ex), "task_labels": label} for ex in examples[start:start + batch_size]])
+               for start in starts)
+    return predictions(composed, batches)
 
 
 def accuracy(
@@ -61,5 +55,4 @@ def accuracy(
     progress: bool = False,
 ) -> float:
     """Share of ``examples`` whose best-scoring choice is the right one (NaN for no rows)."""
-    preds, labels = score_examples(composed, examples, task, batch_size, progress)
-    return float("nan") if labels.numel() == 0 else (preds == labels).float().mean().item()
+    return accuracy_of(*score_examples(composed, examples, task, batch_size, progress))

@@ -1,97 +1,112 @@
-"""Safetensors file helpers that turn low-level read failures into `QuantFormatError`.
+"""Quantized adapter folders: the one adapter file format, with a ``quantization`` entry.
 
-The adapter file itself is owned by `kroncl.adapters.io`; these helpers give it (and the quant
-benchmark) one place where a truncated or garbled file becomes an error naming the file.
+A quantized adapter is an ordinary adapter folder (``kroncl.adapters.io``):
+``adapter.safetensors`` holds the packed tensors (``"<key>.qweight"`` / ``"<key>.scales"``)
+and ``adapter_config.json`` holds, under ``"quantization"``, the metadata ``quantize_tensors``
+returned. The folder integrity (symlinks, JSON, format version, sha256 of the weights) is
+checked by ``kroncl.adapters.io.read_adapter``; this module dequantizes and then applies the
+same tensor checks as a plain load (finite values, shapes that follow from the config).
+
+``kroncl.adapters`` never imports this package: its ``load_adapter`` refuses a quantized folder
+and names :func:`load_adapter_dequantized`, which reads plain and quantized folders alike.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
-from kroncl.errors import QuantFormatError
+from kroncl.adapters.config import AdapterConfig
+from kroncl.adapters.io import (
+    CONFIG_NAME,
+    LoadedAdapter,
+    attach_adapter,
+    checked_adapter,
+    read_adapter,
+    save_adapter,
+)
+from kroncl.errors import AdapterConfigError, QuantFormatError
+from kroncl.quant.scheme import QuantScheme
 from kroncl.quant.tensors import dequantize_tensors
 
-QUANT_META_KEY = "kroncl.quantization"
-"""Safetensors header entry where `save_quantized` keeps the JSON metadata."""
+__all__ = ["save_quantized_adapter", "load_adapter_dequantized", "load_adapter_dequantized_into"]
 
 
-def read_safetensors_with_metadata(
-    path: str | os.PathLike[str],
-) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Read every tensor and the header metadata of a safetensors file.
-
-    Raises:
-        QuantFormatError: the file is missing, unreadable, truncated or not safetensors; the
-            message names the file and safetensors' reason.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise QuantFormatError(f"Safetensors file {str(p)!r} does not exist (or is not a file).")
-    try:
-        with safe_open(str(p), framework="pt", device="cpu") as f:
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-            metadata = dict(f.metadata() or {})
-    except (SafetensorError, OSError, ValueError) as err:
-        raise QuantFormatError(
-            f"Cannot read safetensors file {str(p)!r} ({p.stat().st_size} bytes): {err}. "
-            f"The file is truncated or corrupt; re-export the adapter."
-        ) from err
-    return tensors, metadata
-
-
-def read_safetensors(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """Read every tensor of a safetensors file (see `read_safetensors_with_metadata`)."""
-    return read_safetensors_with_metadata(path)[0]
-
-
-def save_quantized(
-    path: str | os.PathLike[str], packed: Mapping[str, torch.Tensor], meta: Mapping[str, Any]
+def save_quantized_adapter(
+    directory: str | os.PathLike,
+    packed: Mapping[str, torch.Tensor],
+    meta: Mapping[str, Any],
+    cfg: AdapterConfig,
+    base_model: str,
+    extra: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write `quantize_tensors` output to one safetensors file, metadata in its header.
+    """Write ``quantize_tensors`` output as an adapter folder (``kroncl.adapters.save_adapter``).
+
+    Args:
+        directory: output folder.
+        packed, meta: what ``quantize_tensors(tensors, scheme)`` returned.
+        cfg: the adapter config the (unquantized) tensors belong to.
+        base_model: id or path of the base model.
+        extra: further JSON keys (task, experience, ...); not ``"quantization"``.
 
     Returns:
-        The path written.
-    """
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.contiguous() for k, v in packed.items()}
-    save_file(tensors, str(p), metadata={"format": "pt", QUANT_META_KEY: json.dumps(dict(meta))})
-    return p
-
-
-def load_quantized(
-    path: str | os.PathLike[str], dtype: torch.dtype | None = torch.float32
-) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read and dequantize a file written by `save_quantized`.
-
-    Returns:
-        ``(tensors, meta)``: dequantized tensors (see `dequantize_tensors`) and the metadata.
+        The directory path.
 
     Raises:
-        QuantFormatError: unreadable file, no/garbled metadata header, or any
-            `dequantize_tensors` error (prefixed with the file name).
+        QuantFormatError: ``meta`` is not quantization metadata (see ``QuantScheme.from_meta``).
+        AdapterConfigError: see ``save_adapter``; ``extra`` holds ``"quantization"``.
     """
-    packed, header = read_safetensors_with_metadata(path)
-    if QUANT_META_KEY not in header:
-        raise QuantFormatError(
-            f"{str(path)!r} has no {QUANT_META_KEY!r} header entry; it was not written by "
-            f"save_quantized (pass adapter_config.json's 'quantization' to dequantize_tensors)."
-        )
-    try:
-        meta = json.loads(header[QUANT_META_KEY])
-    except json.JSONDecodeError as err:
-        raise QuantFormatError(
-            f"{str(path)!r}: quantization header is not valid JSON: {err}"
-        ) from err
-    try:
-        return dequantize_tensors(packed, meta, dtype), meta
-    except QuantFormatError as err:
-        raise QuantFormatError(f"{str(path)!r}: {err}") from err
+    QuantScheme.from_meta(dict(meta))  # refuse metadata the loader could not read back
+    extra = dict(extra or {})
+    if "quantization" in extra:
+        raise AdapterConfigError("save_quantized_adapter takes the quantization metadata as meta, not in extra")
+    return save_adapter(directory, dict(packed), cfg, base_model, extra={**extra, "quantization": dict(meta)})
+
+
+def load_adapter_dequantized(directory: str | os.PathLike, dtype: torch.dtype = torch.float32) -> LoadedAdapter:
+    """Read any adapter folder, dequantizing it when its config has a ``quantization`` entry.
+
+    A plain folder loads exactly as with ``kroncl.adapters.load_adapter``. A quantized one is
+    read as stored (``read_adapter``: file checks, sha256), dequantized with
+    :func:`~kroncl.quant.tensors.dequantize_tensors`, and its float tensors then pass the same
+    checks as a plain load (finite, shapes from the config). ``meta["quantization"]`` keeps the
+    scheme.
+
+    Args:
+        directory: the adapter folder.
+        dtype: floating dtype of the returned tensors.
+
+    Raises:
+        AdapterLoadError: see ``kroncl.adapters.io.read_adapter`` / ``checked_adapter``
+            (a non-finite value is reported after dequantizing).
+        QuantFormatError: the packed tensors do not match the quantization metadata; the
+            message names the folder's config file.
+    """
+    stored = read_adapter(directory)
+    meta = stored.meta.get("quantization")
+    if meta is None:
+        tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in stored.tensors.items()}
+    else:
+        try:
+            tensors = dequantize_tensors(stored.tensors, meta, dtype)
+        except QuantFormatError as err:
+            raise QuantFormatError(f"{Path(directory) / CONFIG_NAME}: {err}") from err
+    return checked_adapter(stored, tensors, directory)
+
+
+def load_adapter_dequantized_into(
+    model: torch.nn.Module, directory: str | os.PathLike, name: str = "default", dtype: torch.dtype = torch.float32
+) -> LoadedAdapter:
+    """:func:`load_adapter_dequantized` then ``kroncl.adapters.attach_adapter`` as set ``name``.
+
+    Injects the adapter layers first when ``model`` has none (see ``attach_adapter``).
+
+    Raises:
+        AdapterLoadError, QuantFormatError: see :func:`load_adapter_dequantized` and
+            ``kroncl.adapters.load_adapter_state_dict``.
+    """
+    return attach_adapter(model, load_adapter_dequantized(directory, dtype=dtype), name, source=directory)

@@ -4,6 +4,10 @@ The JSON form is the ``"quantization"`` entry of ``adapter_config.json``::
 
     {"scheme": "int4", "block_size": 64, "scale_dtype": "bfloat16", "format_version": 1,
      "shapes": {"<key>": [384, 8], ...}, "dtypes": {"<key>": "float32", ...}}
+
+This module is the one home of the scheme names and their parameter rules, and imports no
+torch: ``kroncl.config`` validates the run's ``quant`` section with `SCHEME_NAMES` and
+`block_size_problem` before any torch-heavy module is loaded.
 """
 
 from __future__ import annotations
@@ -11,9 +15,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import torch
+from typing import TYPE_CHECKING
 
 from kroncl.errors import ConfigError, QuantFormatError
+
+if TYPE_CHECKING:
+    import torch
 
 FORMAT_VERSION = 1
 """Version of the stored layout; bump it when the meaning of stored tensors changes."""
@@ -24,11 +31,8 @@ KIND_BITS: dict[str, int] = {"int8": 8, "int4": 4, "nf4": 4}
 SCHEME_NAMES: tuple[str, ...] = ("none", "int8", "int4", "nf4")
 """Names accepted by `QuantScheme.from_name` ("none" = keep full precision)."""
 
-SCALE_DTYPES: dict[str, torch.dtype] = {
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-    "float32": torch.float32,
-}
+SCALE_DTYPES: tuple[str, ...] = ("bfloat16", "float16", "float32")
+"""Accepted ``scale_dtype`` names (torch dtype names; see `QuantScheme.torch_scale_dtype`)."""
 DEFAULT_SCALE_DTYPE = "bfloat16"
 
 DEFAULT_BLOCK_SIZE = 64
@@ -75,7 +79,9 @@ class QuantScheme:
     @property
     def torch_scale_dtype(self) -> torch.dtype:
         """The preferred scale dtype as a torch dtype."""
-        return SCALE_DTYPES[self.scale_dtype]
+        import torch  # here, not at import: kroncl.config reads this module before torch loads
+
+        return getattr(torch, self.scale_dtype)
 
     @property
     def granularity(self) -> str:
@@ -100,10 +106,9 @@ class QuantScheme:
             ConfigError: unknown name, bad block size or scale dtype; the message names the
                 bad value and the accepted ones.
         """
-        if not isinstance(name, str) or name.lower() not in SCHEME_NAMES:
-            raise ConfigError(
-                f"Unknown quantization scheme {name!r}; use one of {list(SCHEME_NAMES)}."
-            )
+        problem = scheme_name_problem(name)
+        if problem:
+            raise ConfigError(problem)
         kind = name.lower()
         if kind == "none":
             return None
@@ -153,10 +158,25 @@ class QuantScheme:
         return scheme
 
 
-def _check_block_size(block_size: Any) -> None:
+def scheme_name_problem(name: Any) -> str | None:
+    """Why ``name`` is not a scheme name (listing the choices), or None when it is one."""
+    if isinstance(name, str) and name.lower() in SCHEME_NAMES:
+        return None
+    return f"Unknown quantization scheme {name!r}; use one of {list(SCHEME_NAMES)}."
+
+
+def block_size_problem(block_size: Any) -> str | None:
+    """Why ``block_size`` is not a valid block size, or None when it is."""
     # bool is an int subclass; True would silently mean a block of 1.
     if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
-        raise ConfigError(
+        return (
             f"Quantization block_size must be a positive integer, got {block_size!r}; "
-            f"64 is the usual choice."
+            f"{DEFAULT_BLOCK_SIZE} is the usual choice."
         )
+    return None
+
+
+def _check_block_size(block_size: Any) -> None:
+    problem = block_size_problem(block_size)
+    if problem:
+        raise ConfigError(problem)

@@ -20,13 +20,19 @@ from __future__ import annotations
 from collections import defaultdict
 
 import torch
-from avalanche.training.plugins import EWCPlugin, LwFPlugin, ReplayPlugin, SupervisedPlugin
+from avalanche.training.plugins import (
+    EWCPlugin,
+    LwFPlugin,
+    ReplayPlugin,
+    SupervisedPlugin,
+)
 from avalanche.training.regularization import LearningWithoutForgetting
 from avalanche.training.utils import ParamData
 from torch.utils.data import DataLoader
 
 from kroncl.adapters import adapter_layers
 from kroncl.config import StrategyConfig
+from kroncl.evaluate import count_correct
 from kroncl.strategy.plugin_state import (
     SeededReplayBuffer,
     param_dicts_from_state,
@@ -49,9 +55,9 @@ class AccuracyCollector(SupervisedPlugin):
         self._correct = self._total = 0
 
     def after_eval_iteration(self, strategy, **kwargs) -> None:
-        pred = strategy.mb_output.argmax(dim=-1)
-        self._correct += int((pred == strategy.mb_y).sum())
-        self._total += int(strategy.mb_y.numel())
+        correct, total = count_correct(strategy.mb_output, strategy.mb_y)
+        self._correct += correct
+        self._total += total
 
     def after_eval_exp(self, strategy, **kwargs) -> None:
         exp = int(strategy.experience.current_experience)

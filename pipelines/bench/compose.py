@@ -48,7 +48,12 @@ def build_registry(root: Path, model_name: str, seed: int = 0):
     Returns:
         ``(store, ref, live_model)``: the live model has the adapter active (unmerged).
     """
-    from kroncl.adapters import AdapterConfig, adapter_state_dict, inject_adapters, save_adapter
+    from kroncl.adapters import (
+        AdapterConfig,
+        adapter_state_dict,
+        inject_adapters,
+        save_adapter,
+    )
     from kroncl.models import ModelConfig, build_model
     from pipelines.registration import Registrar, base_model_identity
     from registry import RegistryStore

@@ -39,8 +39,17 @@ from typing import Any
 import torch
 
 from pipelines.bench.quant_measure import Row, measure_schemes
-from pipelines.bench.quant_report import check_targets, format_report, format_report_markdown
-from pipelines.bench.quant_train import METHODS, BenchSettings, load_task_splits, train_adapter
+from pipelines.bench.quant_report import (
+    check_targets,
+    format_report,
+    format_report_markdown,
+)
+from pipelines.bench.quant_train import (
+    METHODS,
+    BenchSettings,
+    load_task_splits,
+    train_adapter,
+)
 
 TASK_ALIASES = {"toy": "toy_larger", "arc": "arc_easy"}
 """Short names accepted by ``--tasks`` (any other task name is used as given). ``arc`` is

@@ -130,7 +130,12 @@ def measure_schemes(t: Trained, block_size: int = 64, log=print) -> MethodResult
         delete_adapter,
         load_adapter_state_dict,
     )
-    from kroncl.quant import QuantScheme, artifact_bytes, dequantize_tensors, quantize_tensors
+    from kroncl.quant import (
+        QuantScheme,
+        artifact_bytes,
+        dequantize_tensors,
+        quantize_tensors,
+    )
     from kroncl.quant.measure import quantization_error
 
     t0 = time.perf_counter()
@@ -145,7 +150,7 @@ def measure_schemes(t: Trained, block_size: int = 64, log=print) -> MethodResult
     per_layer: dict[str, dict[str, float]] = {}
     for name in SCHEMES[1:]:
         packed, meta = quantize_tensors(tensors, QuantScheme.from_name(name, block_size=block_size))
-        report = quantization_error(t.backbone, t.adapter_set, packed, meta)
+        report = quantization_error(tensors, packed, meta)
         per_layer[name] = dict(report.per_layer)
         probe = f"quant_{name}"
         add_adapter(t.backbone, probe)

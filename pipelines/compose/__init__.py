@@ -32,10 +32,22 @@ from __future__ import annotations
 from pipelines.compose.arithmetic import COMPOSITION_KIND, combine
 from pipelines.compose.base import check_one_base, model_node_for, verify_base
 from pipelines.compose.build import Composition, compose
-from pipelines.compose.cli import EXIT_ERROR, build_parser, format_summary, main, run, summary_dict
+from pipelines.compose.cli import (
+    EXIT_ERROR,
+    build_parser,
+    format_summary,
+    main,
+    run,
+    summary_dict,
+)
 from pipelines.compose.evaluation import EvalResult, evaluate
 from pipelines.compose.save import save_composition
-from pipelines.compose.select import newest_for_task, open_store, select_versions, why_chosen
+from pipelines.compose.select import (
+    newest_for_task,
+    open_store,
+    select_versions,
+    why_chosen,
+)
 
 __all__ = [
     "COMPOSITION_KIND",

@@ -7,8 +7,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from kroncl.adapters import load_adapter, save_adapter
+from kroncl.adapters import save_adapter
 from kroncl.composition import weighted_sum
+from kroncl.quant import load_adapter_dequantized
 from pipelines.compose.base import check_one_base, model_node_for
 from pipelines.registration import registry_name
 from registry import MERGED_FROM, AdapterVersion, RegistryStore
@@ -46,7 +47,7 @@ def combine(
     """
     base_model = check_one_base(versions)
     node = model_node_for(versions, model, model_opts)
-    loaded = [load_adapter(store.fetch_artifact(v.ref)) for v in versions]
+    loaded = [load_adapter_dequantized(store.fetch_artifact(v.ref)) for v in versions]
     tensors, cfg = weighted_sum(loaded, weights)
     source_tasks = list(dict.fromkeys(v.task for v in versions))
     task = task or registry_name("-".join(source_tasks))

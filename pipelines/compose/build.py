@@ -7,9 +7,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from kroncl.adapters import LoadedAdapter, load_adapter
-from kroncl.composition import BaseModelCache, ComposedModel, ComposeError, attach_adapters
+from kroncl.adapters import LoadedAdapter
+from kroncl.composition import (
+    BaseModelCache,
+    ComposedModel,
+    ComposeError,
+    attach_adapters,
+)
 from kroncl.models import ModelConfig, build_model
+from kroncl.quant import load_adapter_dequantized
 from pipelines.compose.base import check_one_base, model_node_for, verify_base
 from registry import AdapterVersion, RegistryStore
 
@@ -95,7 +101,7 @@ def compose(
 
     paths = [store.fetch_artifact(v.ref) for v in versions]  # re-hashes every file
     lap("fetch")
-    loaded = {v.task: load_adapter(p) for v, p in zip(versions, paths)}
+    loaded = {v.task: load_adapter_dequantized(p) for v, p in zip(versions, paths)}
     lap("read")
 
     if cache is not None:

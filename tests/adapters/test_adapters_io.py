@@ -1,20 +1,25 @@
-"""Adapter files: safetensors + JSON, strict loading, atomic writes, quantized files."""
+"""Adapter files: safetensors + JSON, strict loading, atomic writes, quantized files refused."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import struct
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from kroncl.adapters import (
     AdapterConfig,
+    AdapterLinear,
     adapter_state_dict,
     inject_adapters,
     load_adapter,
     load_adapter_into,
+    read_adapter,
     save_adapter,
     set_active_adapter,
 )
@@ -116,22 +121,30 @@ def test_loading_into_mismatched_model_is_strict(trained, make_bert_mc, tmp_path
         load_adapter_into(make_bert_mc(), tmp_path)
 
 
-def test_quantized_file_is_dequantized_through_kroncl_quant(trained, make_bert_mc, batch, tmp_path):
-    from kroncl.quant import quantize_tensors
+def test_quantized_folder_is_refused_and_names_the_quant_loader(trained, make_bert_mc, tmp_path):
+    from kroncl.quant import quantize_tensors, save_quantized_adapter
 
     sd = adapter_state_dict(trained, "default")
     packed, meta = quantize_tensors(sd, "int8")
-    save_adapter(tmp_path, packed, CFG, base_model="a", extra={"quantization": meta})
+    save_quantized_adapter(tmp_path, packed, meta, CFG, base_model="a")
     assert json.loads((tmp_path / CONFIG_NAME).read_text())["quantization"]["shapes"]
-    loaded = load_adapter(tmp_path)
-    assert set(loaded.tensors) == set(sd)
-    for k, v in sd.items():
-        assert loaded.tensors[k].dtype == torch.float32
-        # int8 per-row absmax: error at most half a quantization step of the row
-        step = v.reshape(v.shape[0], -1).abs().amax(dim=1, keepdim=True) / 127 if v.dim() > 1 else v.abs().max() / 127
-        err = (loaded.tensors[k] - v).reshape(step.shape[0], -1) if v.dim() > 1 else loaded.tensors[k] - v
-        assert (err.abs() <= step * 0.5 + 1e-6).all(), k
+    with pytest.raises(AdapterLoadError, match=r"quantized \(scheme 'int8'\).*kroncl\.quant\.load_adapter_dequantized"):
+        load_adapter(tmp_path)
     fresh = make_bert_mc()
-    load_adapter_into(fresh, tmp_path)
-    with torch.no_grad():
-        torch.testing.assert_close(fresh(**batch).logits, trained(**batch).logits, rtol=0.05, atol=0.05)
+    with pytest.raises(AdapterLoadError, match="kroncl.quant.load_adapter_dequantized"):
+        load_adapter_into(fresh, tmp_path)
+    assert not any(isinstance(m, AdapterLinear) for m in fresh.modules())  # refused before injecting
+    stored = read_adapter(tmp_path)  # the raw packed tensors, for whoever understands them
+    assert set(stored.tensors) == set(packed) and stored.meta["quantization"] == meta
+
+
+def test_kroncl_adapters_never_imports_kroncl_quant(trained, tmp_path):
+    save_adapter(tmp_path, adapter_state_dict(trained, "default"), CFG, base_model="a")
+    code = (
+        "import sys, kroncl.adapters as a; a.load_adapter(sys.argv[1]);"
+        "bad = sorted(m for m in sys.modules if m.startswith('kroncl.quant'));"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=300,
+                       cwd=Path(__file__).resolve().parents[2])
+    assert r.returncode == 0, r.stdout + r.stderr

@@ -31,7 +31,7 @@ from kroncl.adapters import (
 )
 from kroncl.data import load_task
 from kroncl.models import ModelConfig, build_model
-from kroncl.quant import quantize_tensors
+from kroncl.quant import quantize_tensors, save_quantized_adapter
 from pipelines.registration import Registrar, base_model_identity
 from registry import RegistryStore
 
@@ -138,8 +138,8 @@ def _train_and_register(tmp_path_factory: pytest.TempPathFactory) -> Trained:
         metrics = {"acc": _acc(model, splits.test)}
         out.refs[task] = registrar.register(task, folder, bits=32, metrics=metrics, param_count=sum(t.numel() for t in tensors.values()), experience=i)
         packed, meta = quantize_tensors(tensors, "int8")
-        q = save_adapter(root / "out" / task / "int8", packed, KRON, base_model=base_name,
-                         extra={"quantization": meta, "task": task, "experience": i})
+        q = save_quantized_adapter(root / "out" / task / "int8", packed, meta, KRON, base_model=base_name,
+                                   extra={"task": task, "experience": i})
         out.refs[f"{task}@int8"] = registrar.register(task, q, bits=8, metrics=metrics, param_count=sum(t.numel() for t in tensors.values()),
                                                       experience=i, quantized_from=out.refs[task])
 

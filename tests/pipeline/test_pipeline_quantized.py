@@ -13,7 +13,6 @@ import torch
 
 from kroncl.adapters import (
     load_adapter,
-    load_adapter_into,
     merge_adapter,
     set_active_adapter,
     unmerge_adapters,
@@ -21,7 +20,13 @@ from kroncl.adapters import (
 from kroncl.config import load_settings
 from kroncl.data import build_stream
 from kroncl.models import build_model
-from kroncl.quant import QuantScheme, dequantize_tensors, quantize_tensors
+from kroncl.quant import (
+    QuantScheme,
+    dequantize_tensors,
+    load_adapter_dequantized,
+    load_adapter_dequantized_into,
+    quantize_tensors,
+)
 
 
 class Evaluator:
@@ -36,7 +41,7 @@ class Evaluator:
             self.batches.append(self.model.collate([self.model.encode(ex) for ex in task.test]))
 
     def load(self, directory, name: str):
-        loaded = load_adapter_into(self.model.backbone, directory, name=name)
+        loaded = load_adapter_dequantized_into(self.model.backbone, directory, name=name)
         self.model.eval()
         return loaded
 
@@ -71,7 +76,7 @@ def test_int4_files_dequantize_to_the_quantized_fp32_adapter(int4_run):
     scheme = QuantScheme.from_name("int4", block_size=int4_run.resolved["quant"]["block_size"])
     for rec in int4_run.result.artifacts:
         fp32 = load_adapter(rec["fp32_dir"])
-        q = load_adapter(rec["quant_dir"])
+        q = load_adapter_dequantized(rec["quant_dir"])
         assert q.meta["quantization"]["scheme"] == "int4" and fp32.meta["quantization"] is None
         assert q.config == fp32.config
         assert sorted(q.tensors) == sorted(fp32.tensors)

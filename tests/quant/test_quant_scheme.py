@@ -60,3 +60,34 @@ def test_from_meta_rejects_unknown_version_and_scheme():
         QuantScheme.from_meta({**meta, "scheme": "none"})
     with pytest.raises(QuantFormatError, match="JSON object"):
         QuantScheme.from_meta(["int4"])
+
+
+def test_run_config_validates_with_the_scheme_module():
+    from kroncl.config import QuantConfig, validate_quant
+    from kroncl.quant.scheme import SCHEME_NAMES
+
+    errors: list[str] = []
+    validate_quant(QuantConfig(scheme="int5", block_size=0), errors)
+    assert errors[0] == f"quant='int5' is not one of {', '.join(SCHEME_NAMES)}"
+    assert errors[1].startswith("quant.block_size=0: Quantization block_size must be a positive integer")
+    for name in SCHEME_NAMES:
+        errors = []
+        validate_quant(QuantConfig(scheme=name, block_size=32), errors)
+        assert errors == []
+        scheme = QuantConfig(scheme=name, block_size=32).to_scheme()
+        assert scheme == QuantScheme.from_name(name, block_size=32)
+
+
+def test_config_and_scheme_names_load_no_torch():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import sys, kroncl.config, kroncl.quant.scheme;"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] == 'torch');"
+        "print(bad[:5]); sys.exit(1 if bad else 0)"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       cwd=Path(__file__).resolve().parents[2])
+    assert r.returncode == 0, r.stdout + r.stderr
