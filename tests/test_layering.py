@@ -15,7 +15,6 @@ import ast
 from functools import cache
 from pathlib import Path
 
-import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_LINES = 450
