@@ -95,3 +95,13 @@ def check_types(cls: type, node: dict[str, Any], prefix: str, errors: list[str])
         what = describe_type(bases, nullable)
         errors.append(f"{key}={shown(value)} must be {what}{_example(key, fields[name], value)}")
     return out
+
+
+def build_checked(cls: type, node: dict[str, Any], prefix: str) -> tuple[Any, list[str]]:
+    """``cls(**node)`` with types checked first, and every problem: type errors, then the
+    range checks of ``cls.problems()`` for the keys whose type was right (a value of the wrong
+    type was dropped, so its range check would judge the default instead)."""
+    type_errors: list[str] = []
+    cfg = cls(**check_types(cls, node, prefix, type_errors))
+    bad = {e.split("=", 1)[0] for e in type_errors}
+    return cfg, type_errors + [e for e in cfg.problems() if e.split("=", 1)[0] not in bad]

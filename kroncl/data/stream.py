@@ -22,7 +22,7 @@ from kroncl.data.errors import DataError, TaskUnavailableError
 from kroncl.data.example import TaskSplits
 from kroncl.data.splits import TEST_FRACTION, VALIDATION_FRACTION
 from kroncl.data.tasks import JSONL_HINT, TaskSource, _looks_like_path, load_task, resolve_source
-from kroncl.fields import check_types
+from kroncl.fields import build_checked
 from kroncl.names import NAME_RULE, name_problem
 
 log = logging.getLogger("kroncl.data")
@@ -70,13 +70,7 @@ class StreamConfig:
             raise DataError(f"unknown key(s) {', '.join('stream.' + k for k in unknown)}; known: {', '.join(sorted(names))}")
         if "tasks" in node and node["tasks"] is not None and not isinstance(node["tasks"], str):
             node["tasks"] = list(node["tasks"])
-        type_errors: list[str] = []
-        node = check_types(cls, node, "stream", type_errors)
-        cfg = cls(**node)
-        # A value of the wrong type was dropped (the field has its default), so its range
-        # check would report the default: report only the type problem for that key.
-        bad = {e.split("=", 1)[0] for e in type_errors}
-        errors = type_errors + [e for e in cfg.problems() if e.split("=", 1)[0] not in bad]
+        cfg, errors = build_checked(cls, node, "stream")
         if errors:
             raise DataError("invalid stream config: " + "; ".join(errors))
         return cfg

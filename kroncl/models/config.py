@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from kroncl.fields import check_types
+from kroncl.fields import build_checked
 from kroncl.models.errors import ModelConfigError
 from kroncl.models.paths import minilm_path, smollm2_gguf
 
@@ -121,13 +121,7 @@ class ModelConfig:
             node["default_targets"] = list(node["default_targets"])
         elif node.get("default_targets") is None:
             node.pop("default_targets", None)
-        type_errors: list[str] = []
-        node = check_types(cls, node, "model", type_errors)
-        cfg = cls(**node)
-        # A value of the wrong type was dropped (the field has its default): its range check
-        # would judge the default, so only the type problem is reported for that key.
-        bad = {e.split("=", 1)[0] for e in type_errors}
-        errors = type_errors + [e for e in cfg.problems() if e.split("=", 1)[0] not in bad]
+        cfg, errors = build_checked(cls, node, "model")
         if errors:
             raise ModelConfigError("invalid model config: " + "; ".join(errors))
         return cfg
