@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -18,6 +19,7 @@ from registry.names import LATEST, VersionRef, parse_ref
 from registry.rows import SqlAdapter, SqlAdapterVersion, SqlAlias, SqlBaseModel, SqlTask
 
 RefLike = str | VersionRef
+R = TypeVar("R", SqlBaseModel, SqlTask, SqlAdapter)
 
 
 def utcnow() -> datetime:
@@ -40,25 +42,23 @@ def as_ref(ref: RefLike) -> VersionRef:
 # ================================================================================================
 
 
-def base_model_row(s: Session, name: str) -> SqlBaseModel:
-    row = s.scalar(select(SqlBaseModel).where(SqlBaseModel.name == name))
+def _named_row(s: Session, table: type[R], name: str, what: str, register_with: str) -> R:
+    row = s.scalar(select(table).where(table.name == name))
     if row is None:
-        raise NotFound(f"base model {name!r} not found; register it with register_base_model()")
+        raise NotFound(f"{what} {name!r} not found; register it with {register_with}()")
     return row
+
+
+def base_model_row(s: Session, name: str) -> SqlBaseModel:
+    return _named_row(s, SqlBaseModel, name, "base model", "register_base_model")
 
 
 def task_row(s: Session, name: str) -> SqlTask:
-    row = s.scalar(select(SqlTask).where(SqlTask.name == name))
-    if row is None:
-        raise NotFound(f"task {name!r} not found; register it with register_task()")
-    return row
+    return _named_row(s, SqlTask, name, "task", "register_task")
 
 
 def adapter_row(s: Session, name: str) -> SqlAdapter:
-    row = s.scalar(select(SqlAdapter).where(SqlAdapter.name == name))
-    if row is None:
-        raise NotFound(f"adapter {name!r} not found; register it with register_adapter()")
-    return row
+    return _named_row(s, SqlAdapter, name, "adapter", "register_adapter")
 
 
 def version_row(s: Session, ref: RefLike) -> SqlAdapterVersion:

@@ -12,7 +12,8 @@ entity); :mod:`registry.verify` and :mod:`registry.gc` check and clean the artif
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import inspect
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -45,6 +46,17 @@ from registry.validation import (
 from registry.verify import progress_bar, verify_one
 
 T = TypeVar("T")
+
+
+def _take_signature(method: Callable[..., Any], fn: Callable[..., Any], *, bound: int) -> None:
+    """Give facade ``method`` the docstring and signature of ``fn`` minus its first ``bound``
+    parameters (those the facade supplies), so help() shows the real keyword arguments and
+    they are declared once, in the module that implements them."""
+    sig = inspect.signature(fn)
+    params = list(sig.parameters.values())[bound:]
+    self_param = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    method.__signature__ = sig.replace(parameters=[self_param, *params])  # type: ignore[attr-defined]
+    method.__doc__ = fn.__doc__
 
 
 class RegistryStore:
@@ -175,50 +187,10 @@ class RegistryStore:
 
     # ---- Versions (registry.versions) ------------------------------------------------------------
 
-    def register_version(
-        self,
-        adapter: str,
-        artifact_path: str | Path,
-        *,
-        method: str,
-        bits: int = 32,
-        a_out: int | None = None,
-        a_in: int | None = None,
-        r: int | None = None,
-        alpha: float | None = None,
-        param_count: int | None = None,
-        metrics: Mapping[str, float] | None = None,
-        config: Mapping[str, Any] | None = None,
-        mlflow_run_id: str | None = None,
-        tags: Mapping[str, str] | None = None,
-        parents: Sequence[tuple[RefLike, str]] = (),
-        aliases: Sequence[str] = (),
-        files: Sequence[str] | None = None,
-        on_published: Callable[[], None] | None = None,
-    ) -> AdapterVersion:
-        return versions.register_version(
-            self._run,
-            self.artifacts,
-            adapter,
-            artifact_path,
-            method=method,
-            bits=bits,
-            a_out=a_out,
-            a_in=a_in,
-            r=r,
-            alpha=alpha,
-            param_count=param_count,
-            metrics=metrics,
-            config=config,
-            mlflow_run_id=mlflow_run_id,
-            tags=tags,
-            parents=parents,
-            aliases=aliases,
-            files=files,
-            on_published=on_published,
-        )
+    def register_version(self, adapter: str, artifact_path: str | Path, **fields: Any) -> AdapterVersion:
+        return versions.register_version(self._run, self.artifacts, adapter, artifact_path, **fields)
 
-    register_version.__doc__ = versions.register_version.__doc__
+    _take_signature(register_version, versions.register_version, bound=2)
 
     def get_version(
         self, ref: RefLike, number: int | None = None, *, alias: str | None = None
@@ -242,39 +214,10 @@ class RegistryStore:
         """All versions of one adapter, by number. Raises NotFound for an unknown adapter."""
         return self.search_versions(adapter=adapter)
 
-    def search_versions(
-        self,
-        *,
-        adapter: str | None = None,
-        task: str | None = None,
-        base_model: str | None = None,
-        method: str | None = None,
-        bits: int | None = None,
-        tags: Mapping[str, str | None] | None = None,
-        metric: str | None = None,
-        min_value: float | None = None,
-        max_value: float | None = None,
-        min_metrics: Mapping[str, float] | None = None,
-        mlflow_run_id: str | None = None,
-        limit: int | None = None,
-    ) -> list[AdapterVersion]:
-        return search.search_versions(
-            self._run,
-            adapter=adapter,
-            task=task,
-            base_model=base_model,
-            method=method,
-            bits=bits,
-            tags=tags,
-            metric=metric,
-            min_value=min_value,
-            max_value=max_value,
-            min_metrics=min_metrics,
-            mlflow_run_id=mlflow_run_id,
-            limit=limit,
-        )
+    def search_versions(self, **filters: Any) -> list[AdapterVersion]:
+        return search.search_versions(self._run, **filters)
 
-    search_versions.__doc__ = search.search_versions.__doc__
+    _take_signature(search_versions, search.search_versions, bound=1)
 
     def delete_version(self, ref: RefLike, *, delete_artifact: bool = True) -> AdapterVersion:
         """Delete a version nothing depends on.
