@@ -108,18 +108,11 @@ def search(
         base_model_row(s, base_model)
     V = SqlAdapterVersion
     q = select(V).join(V.adapter).join(SqlAdapter.task).join(SqlAdapter.base_model)
-    if adapter is not None:
-        q = q.where(SqlAdapter.name == adapter)
-    if task is not None:
-        q = q.where(SqlTask.name == task)
-    if base_model is not None:
-        q = q.where(SqlBaseModel.name == base_model)
-    if method is not None:
-        q = q.where(V.method == method)
-    if bits is not None:
-        q = q.where(V.bits == bits)
-    if mlflow_run_id is not None:
-        q = q.where(V.mlflow_run_id == mlflow_run_id)
+    equal = ((SqlAdapter.name, adapter), (SqlTask.name, task), (SqlBaseModel.name, base_model),
+             (V.method, method), (V.bits, bits), (V.mlflow_run_id, mlflow_run_id))
+    for column, value in equal:
+        if value is not None:
+            q = q.where(column == value)
     for key, value in (tags or {}).items():
         cond = [SqlVersionTag.version_id == V.id, SqlVersionTag.key == key]
         if value is not None:
