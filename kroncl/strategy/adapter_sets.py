@@ -27,8 +27,7 @@ from kroncl.adapters import (
     set_active_adapter,
     set_requires_grad,
 )
-
-PER_TASK_MODES = ("per_task", "orthogonal")
+from kroncl.config import PER_TASK_MODES
 
 
 @dataclass

@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from kroncl.config import config_hash, diff_configs
+from kroncl.config import PLUGINS_THAT_CANNOT_ACT, StrategyConfig, config_hash, diff_configs, validate_strategy
 from kroncl.errors import ConfigError
 from kroncl.strategy.checkpoint import check_same_config, load_checkpoint, save_checkpoint
 from kroncl.strategy.plugins import input_factor, orthogonality_penalty
@@ -145,3 +145,15 @@ def test_resume_with_plugins_is_accepted_now_that_their_state_is_checkpointed():
         cfg = compose("config", overrides=["resume=true", "strategy.plugins=[replay,ewc,lwf]"])
     settings = load_settings(OmegaConf.to_container(cfg, resolve=True))
     assert settings.resume is True and settings.strategy.plugins == ["replay", "ewc", "lwf"]
+
+
+@pytest.mark.parametrize("mode", ["per_task", "orthogonal"])
+@pytest.mark.parametrize("plugin", ["replay", "ewc"])
+def test_task_routed_modes_refuse_plugins_that_cannot_act(mode, plugin):
+    errors: list[str] = []
+    validate_strategy(StrategyConfig(mode=mode, plugins=[plugin], orthogonal_lambda=1.0), errors)
+    assert len(errors) == 1 and f"strategy={mode} cannot use strategy.plugins=[{plugin}]" in errors[0]
+    assert PLUGINS_THAT_CANNOT_ACT[plugin] in errors[0] and "strategy=sequential" in errors[0]
+    errors.clear()
+    validate_strategy(StrategyConfig(mode=mode, plugins=["lwf"], orthogonal_lambda=1.0), errors)
+    assert errors == []

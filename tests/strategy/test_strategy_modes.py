@@ -64,9 +64,9 @@ def test_frozen_sets_and_base_do_not_change_while_the_next_task_trains(build, to
     assert trained, "nothing trained in experience 1"
 
 
-@pytest.mark.parametrize("mode", ["sequential", "per_task"])
-def test_replay_lwf_and_ewc_run_and_act(build, toy_tasks, mode):
-    strategy, benchmark, matrix = build(toy_tasks, mode=mode, plugins=["replay", "lwf", "ewc"])
+def test_replay_lwf_and_ewc_run_together_and_keep_their_state(build, toy_tasks):
+    """All three at once (their effects, one at a time, are in test_plugin_effects.py)."""
+    strategy, benchmark, matrix = build(toy_tasks, plugins=["replay", "lwf", "ewc"])
     replay = next(p for p in strategy.plugins if isinstance(p, ReplayPlugin))
     lwf = next(p for p in strategy.plugins if isinstance(p, LwFPlugin))
     ewc = next(p for p in strategy.plugins if isinstance(p, DictEWCPlugin))
@@ -98,7 +98,7 @@ def test_replay_lwf_and_ewc_run_and_act(build, toy_tasks, mode):
 
 def test_orthogonal_penalty_reduces_overlap_with_the_frozen_set(build, toy_tasks):
     def overlap_after(mode, lam):
-        strategy, benchmark, matrix = build(toy_tasks, mode=mode, orthogonal_lambda=lam, lr=1e-2)
+        strategy, benchmark, matrix = build(toy_tasks, mode=mode, orthogonal_lambda=lam, lr=1e-2, epochs=3)
         run_stream(strategy, benchmark, matrix, log=lambda _: None)
         new, old = factor_pairs(strategy.model.backbone, "task1", ["task0"])
         plugin = [p for p in strategy.plugins if isinstance(p, OrthogonalPlugin)]
