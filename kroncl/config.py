@@ -55,6 +55,8 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "auto"
     progress: bool = True
+    threads: int = 0
+    """torch's CPU threads in this process; 0 = auto (see :func:`kroncl.strategy.template.resolve_threads`)."""
 
 
 @dataclass
@@ -116,6 +118,9 @@ def _check_positive(errors: list[str], key: str, value: float, allow_zero: bool 
 def validate_train(cfg: TrainConfig, errors: list[str]) -> None:
     for key in ("epochs", "batch_size", "eval_batch_size", "grad_accum"):
         _check_positive(errors, f"train.{key}", getattr(cfg, key))
+    if cfg.threads < 0:
+        errors.append(f"train.threads={cfg.threads!r} must be >= 0 (0 = one share of this "
+                      "machine's CPUs per process, e.g. train.threads=0 or train.threads=4)")
     _check_positive(errors, "train.lr", cfg.lr)
     _check_positive(errors, "train.weight_decay", cfg.weight_decay, allow_zero=True)
     _check_positive(errors, "train.max_grad_norm", cfg.max_grad_norm, allow_zero=True)
@@ -266,7 +271,8 @@ class RunSettings:
         """The parts of the config that change results (what a resumed run must match)."""
         skip = {"resume", "run_dir", "paths", "tracking", "registry"}
         out = {k: v for k, v in self.resolved.items() if k not in skip}
-        out["train"] = {k: v for k, v in out.get("train", {}).items() if k != "progress"}
+        # How fast, not what: a resume may show no progress bar or use another thread count.
+        out["train"] = {k: v for k, v in out.get("train", {}).items() if k not in ("progress", "threads")}
         out["data"] = {k: v for k, v in out.get("data", {}).items() if k != "cache_dir"}
         return out
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from kroncl.adapters import (
@@ -51,7 +52,7 @@ from kroncl.strategy.checkpoint import (
 )
 from kroncl.strategy.loop import run_stream
 from kroncl.strategy.plugins import AccuracyCollector, build_plugins
-from kroncl.strategy.template import KronclStrategy, seed_everything
+from kroncl.strategy.template import KronclStrategy, resolve_threads, seed_everything
 from kroncl.tracking import Tracker, flatten_config
 from pipelines.experience import ExperienceRecorder
 from pipelines.registration import Registrar
@@ -161,6 +162,10 @@ class Prepared:
 def prepare(settings: RunSettings) -> Prepared:
     """Stream (every task checked before anything is trained), model, adapters, benchmark."""
     seed_everything(settings.seed)
+    threads = resolve_threads(settings.train.threads)
+    torch.set_num_threads(threads)
+    log.info("torch: %d CPU thread(s) (train.threads=%d%s)", threads, settings.train.threads,
+             ", auto" if settings.train.threads == 0 else "")
     tasks = build_stream(settings.stream, settings.data_dir)
     task_names = [t.name for t in tasks]
     log.info("stream %s: %s", settings.stream.name, " -> ".join(task_names))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import random
 from collections.abc import Sequence
 
@@ -43,6 +44,24 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device=cuda but no CUDA device is visible; use train.device=cpu")
     return torch.device(name)
+
+
+def resolve_threads(requested: int) -> int:
+    """torch's intra-op thread count for ``train.threads`` (0 = auto).
+
+    Auto is this process's share of the CPUs it may run on: ``sched_getaffinity`` (which sees
+    taskset and container CPU sets, unlike ``os.cpu_count``) divided by the processes on this
+    machine (``LOCAL_WORLD_SIZE``, set by torchrun), at least 1. More threads than cores make
+    OpenMP threads spin against each other: on a shared 2-core machine that cost several x.
+    """
+    if requested > 0:
+        return requested
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    local_procs = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    return max(1, cpus // local_procs)
 
 
 def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:

@@ -35,6 +35,7 @@ SMALL = (
     "stream.max_test=24",
     "train.epochs=1",
     "train.progress=false",
+    "train.threads=1",
 )
 """Overrides every test run uses: a run takes seconds on a CPU."""
 

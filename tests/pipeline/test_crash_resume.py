@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 600
 BASE = [
     "stream=toy", "model=tiny", "stream.max_train=48", "stream.max_test=24", "train.epochs=2",
-    "train.lr=0.01", "train.progress=false", "quant=int8", "strategy.replay_mem_size=16",
+    "train.lr=0.01", "train.progress=false", "train.threads=1", "quant=int8", "strategy.replay_mem_size=16",
 ]
 CONFIG = [*BASE, "strategy.plugins=[replay,ewc,lwf]"]
 EXPERIENCES = 2

@@ -18,7 +18,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 SHARED_DATA = Path(os.environ.get("KRONCL_SHARED_DATA") or REPO / ".." / "shared" / "data").resolve()
 SMALL = ["stream=toy", "model=tiny", "stream.max_train=48", "stream.max_test=24", "train.epochs=1",
-         "train.progress=false"]
+         "train.progress=false", "train.threads=1"]
 TIMEOUT_S = 400
 
 

@@ -176,3 +176,36 @@ def test_unknown_group_values_are_checked_before_hydra():
     for ok in (["quant.scheme=nf5"], ["quant=choice(int4,int8)"], ["quant=${oc.env:Q}"], ["--cfg", "job"],
                ["quant=nf4", "model='tiny-llama'", "+model=custom"], ["hydra/job_logging=stdout"]):
         assert argv_problem(ok) is None, ok
+
+
+def test_train_threads_sets_torchs_thread_count_and_auto_takes_a_share_of_the_cpus(
+        compose_config, monkeypatch, tmp_path):
+    import os
+
+    import torch
+
+    from kroncl.strategy.template import resolve_threads
+    from pipelines.continual import prepare
+
+    before = torch.get_num_threads()
+    try:
+        for threads in (3, 1):
+            cfg = compose_config(["stream=toy", "model=tiny", "stream.max_train=8", "stream.max_test=8",
+                                  f"train.threads={threads}", f"paths.runs={tmp_path}"])
+            prepare(load_settings(OmegaConf.to_container(cfg, resolve=True)))
+            assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(before)
+    cpus = len(os.sched_getaffinity(0))
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert resolve_threads(0) == cpus and resolve_threads(5) == 5
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(2 * cpus))  # more processes than CPUs: still one
+    assert resolve_threads(0) == 1
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert resolve_threads(0) == max(1, cpus // 2)
+
+
+def test_negative_train_threads_is_refused_with_the_key_to_change(compose_config):
+    cfg = compose_config(["train.threads=-2"])
+    with pytest.raises(ConfigError, match=r"train.threads=-2 must be >= 0"):
+        load_settings(OmegaConf.to_container(cfg, resolve=True))
