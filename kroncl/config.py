@@ -35,6 +35,7 @@ PLUGINS_THAT_CANNOT_ACT = {
 SCHEDULES = ("linear", "cosine", "constant")
 DEVICES = ("cpu", "cuda", "auto")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+SELECTIONS = ("best_val", "last")
 
 
 @dataclass
@@ -55,6 +56,12 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "auto"
     progress: bool = True
+    select: str = "best_val"
+    """Which epoch an experience ends with: best_val (best validation accuracy; the last epoch
+    when there is no validation split) | last."""
+    patience: int = 0
+    """With select=best_val: stop after this many epochs without a better validation accuracy;
+    0 trains every epoch."""
     threads: int = 0
     """torch's CPU threads in this process; 0 = auto (see :func:`kroncl.strategy.template.resolve_threads`)."""
 
@@ -129,6 +136,11 @@ def validate_train(cfg: TrainConfig, errors: list[str]) -> None:
     _check_choice(errors, "train.schedule", cfg.schedule, SCHEDULES)
     _check_choice(errors, "train.device", cfg.device, DEVICES)
     _check_choice(errors, "train.precision", cfg.precision, PRECISIONS)
+    _check_choice(errors, "train.select", cfg.select, SELECTIONS)
+    _check_positive(errors, "train.patience", cfg.patience, allow_zero=True)
+    if cfg.patience > 0 and cfg.select != "best_val":
+        errors.append(f"train.patience={cfg.patience} stops on validation accuracy, which "
+                      f"train.select={cfg.select} does not use; set train.select=best_val or train.patience=0")
 
 
 def validate_strategy(cfg: StrategyConfig, errors: list[str]) -> None:

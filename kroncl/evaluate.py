@@ -72,7 +72,11 @@ def evaluate_accuracy(
             return routed_forward(model, model, batch, batch["task_labels"], route)
 
     def batches() -> Iterator[dict]:
-        for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=dataset.collate_fn):
+        # A generator of its own: a DataLoader draws its base seed from the global RNG otherwise,
+        # and scoring between epochs (model selection) would change the next epoch's shuffle.
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=dataset.collate_fn,
+                            generator=torch.Generator())
+        for batch in loader:
             yield {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
     was_training = model.training

@@ -52,6 +52,7 @@ from kroncl.strategy.checkpoint import (
 )
 from kroncl.strategy.loop import run_stream
 from kroncl.strategy.plugins import AccuracyCollector, build_plugins
+from kroncl.strategy.selection import build_selection
 from kroncl.strategy.template import KronclStrategy, resolve_threads, seed_everything
 from kroncl.tracking import Tracker, flatten_config
 from pipelines.experience import ExperienceRecorder
@@ -278,7 +279,9 @@ def build_strategy(settings: RunSettings, prep: Prepared, tracker: Tracker) -> K
         model=prep.model,
         adapter_sets=prep.sets,
         train=settings.train,
-        plugins=[*build_plugins(settings.strategy, prep.sets, seed=settings.seed), AccuracyCollector()],
+        # Selection first: it puts the best epoch back before EWC/LwF take their snapshots.
+        plugins=[*build_selection(settings.train.select, settings.train.patience, prep.benchmark, log.info),
+                 *build_plugins(settings.strategy, prep.sets, seed=settings.seed), AccuracyCollector()],
         evaluator=evaluator,
         seed=settings.seed,
     )

@@ -22,6 +22,7 @@ from kroncl.quant import (
 )
 from kroncl.strategy.checkpoint import Checkpoint, save_checkpoint
 from kroncl.strategy.plugin_state import plugins_checkpoint_state, restore_plugins_state
+from kroncl.strategy.selection import EpochSelection
 
 CLOCK_FIELDS = ("train_iterations", "train_exp_counter", "train_exp_epochs", "train_exp_iterations",
                 "train_epoch_iterations", "total_iterations")
@@ -61,7 +62,8 @@ class ExperienceRecorder:
         backbone = self.prep.model.backbone
         name = self.prep.sets.current
         tensors = adapter_state_dict(backbone, name)
-        record = self.save_and_register(index, task, name, tensors, matrix)
+        selection = self.log_selection(index, task)
+        record = self.save_and_register(index, task, name, tensors, matrix, selection)
         self.produced.append(record)
         matrix.save(self.run_dir / "metrics")
         self.tracker.log_accuracy_matrix(matrix)
@@ -71,7 +73,20 @@ class ExperienceRecorder:
         fault_point("before_checkpoint", exp=index)
         self.checkpoint(index, name, tensors, matrix)
 
-    def save_and_register(self, index: int, task: str, name: str, tensors, matrix) -> dict[str, Any]:
+    def log_selection(self, index: int, task: str) -> dict[str, Any] | None:
+        """The experience's epoch choice (None without model selection), logged to MLflow:
+        ``val/<task>/acc`` per epoch (step = epoch) and ``select/<task>/epoch`` (step = experience)."""
+        selector = next((p for p in self.strategy.plugins if isinstance(p, EpochSelection)), None)
+        if selector is None:
+            return None
+        sel = selector.last
+        for epoch, acc in enumerate(sel.val_acc, start=1):
+            self.tracker.log_metrics({f"val/{task}/acc": acc}, step=epoch)
+        self.tracker.log_metrics({f"select/{task}/epoch": sel.epoch}, step=index)
+        return sel.to_dict()
+
+    def save_and_register(self, index: int, task: str, name: str, tensors, matrix,
+                          selection: dict[str, Any] | None = None) -> dict[str, Any]:
         cfg, registrar, counts = self.prep.adapter_cfg, self.registrar, self.prep.param_counts
         out = self.run_dir / "adapters" / f"exp{index}-{task}"
         fp32_dir = save_adapter(out / "fp32", tensors, cfg, base_model=registrar.base_model,
@@ -79,9 +94,11 @@ class ExperienceRecorder:
         fault_point("after_save", exp=index)
         record: dict[str, Any] = {
             "experience": index, "task": task, "adapter_set": name,
-            "fp32_dir": str(fp32_dir), "fp32_bytes": artifact_bytes(tensors),
+            "fp32_dir": str(fp32_dir), "fp32_bytes": artifact_bytes(tensors), "selection": selection,
         }
         metrics = {"acc": matrix.get(index, index)}
+        if selection is not None:  # measured on the stored (selected) tensors, like acc
+            metrics["val_acc"] = selection["val_acc"][selection["selected_epoch"] - 1]
         record["fp32_ref"] = registrar.register(task, fp32_dir, bits=32, metrics=metrics,
                                                 param_count=counts["adapter_set"], experience=index)
         if self.scheme is None:

@@ -54,6 +54,11 @@ def format_summary(result, *, settings, param_counts: dict[str, int], tracker, r
     ]
     for rec in result.artifacts:
         line = f"  exp {rec['experience']} {rec['task']}: fp32 {rec['fp32_bytes']:,} B"
+        if rec.get("selection"):
+            sel = rec["selection"]
+            line += (f", epoch {sel['selected_epoch']}/{sel['epochs_run']} by validation "
+                     f"({sel['val_acc'][sel['selected_epoch'] - 1]:.3f}"
+                     f"{', stopped early' if sel['stopped_early'] else ''})")
         if rec.get("quant_bytes") is not None:
             err = rec["delta_rel_error"]["quant_rel_err_mean"]
             line += (f", {rec['quant_scheme']} {rec['quant_bytes']:,} B "

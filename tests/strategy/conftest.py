@@ -41,7 +41,7 @@ def make_strategy(tasks, mode="sequential", plugins=(), model_name="tiny", metho
     return strategy, benchmark, AccuracyMatrix([t.name for t in tasks])
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def build():
     """``build(tasks, mode=..., ...)`` -> (strategy, benchmark, matrix); see make_strategy."""
     return make_strategy

@@ -51,10 +51,8 @@ def run(build, tasks, plugins=(), probe=False, mode="sequential", **strategy_ove
 
 
 @pytest.fixture(scope="module")
-def sequential(toy_tasks):
-    from tests.strategy.conftest import make_strategy
-
-    return run(make_strategy, toy_tasks)
+def sequential(build, toy_tasks):
+    return run(build, toy_tasks)
 
 
 def test_sequential_baseline_forgets_the_first_task(sequential):
