@@ -42,6 +42,7 @@ from kroncl.errors import ConfigError, KronclError
 from kroncl.faults import fault_point
 from kroncl.fileio import atomic_write_text, remove_stale_temp_files
 from kroncl.metrics import AccuracyMatrix
+from kroncl.metrics.reference import ReferenceRates, reference_rates
 from kroncl.models import build_model
 from kroncl.strategy.adapter_sets import AdapterSets
 from kroncl.strategy.checkpoint import (
@@ -158,6 +159,8 @@ class Prepared:
     param_counts: dict[str, int]
     dropped_rows: dict[str, dict[str, int]]
     """task -> split -> rows dropped as invalid (data.strict=false), for the summary files."""
+    reference: dict[str, ReferenceRates]
+    """task -> chance and majority-answer accuracy of its test set (what R's numbers mean)."""
 
 
 def prepare(settings: RunSettings) -> Prepared:
@@ -183,7 +186,8 @@ def prepare(settings: RunSettings) -> Prepared:
              adapter_cfg.method, len(replaced), param_counts["adapter_set"])
     benchmark = make_benchmark(tasks, model, cache_dir=settings.cache_dir)
     dropped = {t.name: {split: len(ids) for split, ids in t.dropped.items() if ids} for t in tasks}
-    return Prepared(task_names, model, adapter_cfg, sets, benchmark, param_counts, dropped)
+    reference = {t.name: reference_rates(t.test) for t in tasks}
+    return Prepared(task_names, model, adapter_cfg, sets, benchmark, param_counts, dropped, reference)
 
 
 def restore(prep: Prepared, checkpoint: Checkpoint) -> AccuracyMatrix:
@@ -298,12 +302,15 @@ def finish(run_dir: Path, settings: RunSettings, prep: Prepared, matrix: Accurac
     tracker.log_metrics({f"final/{k}": v for k, v in summary.items()
                          if isinstance(v, (int, float)) and k not in ("acc", "bwt", "fwt", "forgetting")},
                         step=len(prep.task_names) - 1)
+    tracker.log_metrics({f"reference/{task}/{k}": getattr(rates, k) for task, rates in prep.reference.items()
+                         for k in ("chance", "majority")}, step=0)
     tracker.log_artifact(run_dir / "config.yaml")
     result = RunResult(run_dir, matrix, summary, record.mlflow_run_id,
                        [r.get("quant_ref") or r["fp32_ref"] for r in produced if r.get("fp32_ref")],
                        produced, run_id=record.run_id)
     text = format_summary(
-        result, settings=settings, param_counts=prep.param_counts, dropped_rows=prep.dropped_rows, tracker=tracker,
+        result, settings=settings, param_counts=prep.param_counts, dropped_rows=prep.dropped_rows,
+        reference=prep.reference, tracker=tracker,
         registry_url=registrar.url, elapsed=elapsed,
         registry_artifacts=str(registrar.store.artifacts.root) if registrar.store is not None else None,
     )
@@ -311,6 +318,7 @@ def finish(run_dir: Path, settings: RunSettings, prep: Prepared, matrix: Accurac
     atomic_write_text(run_dir / "summary.json", json.dumps(
         {"summary": summary, "artifacts": produced, "param_counts": prep.param_counts,
          "dropped_rows": prep.dropped_rows,
+         "reference": {task: rates.to_dict() for task, rates in prep.reference.items()},
          "mlflow_run_id": record.mlflow_run_id, "tracking_failures": len(tracker.failures)},
         indent=2, default=str))
     tracker.end("FINISHED")

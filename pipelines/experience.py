@@ -13,6 +13,7 @@ from kroncl.adapters import adapter_names, adapter_state_dict, save_adapter
 from kroncl.evaluate import evaluate_accuracy, swapped_adapter
 from kroncl.faults import fault_point
 from kroncl.metrics import AccuracyMatrix
+from kroncl.metrics.reference import top_prediction
 from kroncl.quant import (
     artifact_bytes,
     dequantize_tensors,
@@ -22,6 +23,7 @@ from kroncl.quant import (
 )
 from kroncl.strategy.checkpoint import Checkpoint, save_checkpoint
 from kroncl.strategy.plugin_state import plugins_checkpoint_state, restore_plugins_state
+from kroncl.strategy.plugins import AccuracyCollector
 from kroncl.strategy.selection import EpochSelection
 
 CLOCK_FIELDS = ("train_iterations", "train_exp_counter", "train_exp_epochs", "train_exp_iterations",
@@ -64,6 +66,7 @@ class ExperienceRecorder:
         tensors = adapter_state_dict(backbone, name)
         selection = self.log_selection(index, task)
         record = self.save_and_register(index, task, name, tensors, matrix, selection)
+        record["top_choice"] = self.top_choices(index)
         self.produced.append(record)
         matrix.save(self.run_dir / "metrics")
         self.tracker.log_accuracy_matrix(matrix)
@@ -72,6 +75,16 @@ class ExperienceRecorder:
             self.tracker.set_tags({f"registry.{task}": ref})
         fault_point("before_checkpoint", exp=index)
         self.checkpoint(index, name, tensors, matrix)
+
+    def top_choices(self, index: int) -> dict[str, list]:
+        """task -> [most predicted answer position, its share] in the evaluation after
+        experience ``index`` (the collapse check), logged as ``predictions/<task>/top_choice_share``."""
+        collector = next(p for p in self.strategy.plugins if isinstance(p, AccuracyCollector))
+        top = {task: list(top_prediction(collector.predicted.get(j, {})))
+               for j, task in enumerate(self.prep.task_names)}
+        self.tracker.log_metrics({f"predictions/{task}/top_choice_share": share
+                                  for task, (_, share) in top.items()}, step=index)
+        return top
 
     def log_selection(self, index: int, task: str) -> dict[str, Any] | None:
         """The experience's epoch choice (None without model selection), logged to MLflow:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from kroncl.metrics.reference import collapsed
 from kroncl.tracking import default_tracking_uri
 
 
-def format_matrix(matrix) -> str:
+def format_matrix(matrix, reference: dict[str, Any] | None = None) -> str:
+    """R as a table; with ``reference`` (task -> ReferenceRates) two rows below it: chance
+    (1/choices) and majority (always the most common answer position)."""
     names = matrix.task_names
     width = max(12, *(len(n) + 2 for n in names))
     head = "after".ljust(width) + "".join(n.rjust(width) for n in names)
@@ -15,6 +18,9 @@ def format_matrix(matrix) -> str:
     rows = [("before", matrix.baseline)] + [
         (f"{names[i]}", row) for i, row in enumerate(matrix.rows)
     ]
+    if reference:
+        rows += [("(chance)", [reference[n].chance for n in names]),
+                 ("(majority)", [reference[n].majority for n in names])]
     for label, row in rows:
         cells = "".join(("-" if v is None else f"{v:.3f}").rjust(width) for v in row)
         lines.append(label.ljust(width) + cells)
@@ -32,9 +38,24 @@ def format_dropped(dropped_rows: dict[str, dict[str, int]]) -> str:
     return "dropped rows (invalid, see run.log): " + ("; ".join(parts) if parts else "none")
 
 
+def collapse_warnings(artifacts: list[dict[str, Any]], reference: dict[str, Any] | None) -> list[str]:
+    """One line per task whose predictions after the last experience sit on one answer."""
+    if not artifacts or not artifacts[-1].get("top_choice"):
+        return []
+    out = []
+    for task, (choice, share) in artifacts[-1]["top_choice"].items():
+        if collapsed(share):
+            rate = reference[task].majority if reference and task in reference else None
+            out.append(f"warning: {task}: {share:.0%} of test rows get answer {choice} — the adapter "
+                       f"answers (almost) always the same; its accuracy is where the answers sit"
+                       + (f" (always-the-most-common-answer rate {rate:.3f})" if rate is not None else ""))
+    return out
+
+
 def format_summary(result, *, settings, param_counts: dict[str, int], tracker, registry_url: str | None,
                    elapsed: float, registry_artifacts: str | None = None,
-                   dropped_rows: dict[str, dict[str, int]] | None = None) -> str:
+                   dropped_rows: dict[str, dict[str, int]] | None = None,
+                   reference: dict[str, Any] | None = None) -> str:
     s = result.summary
     out = [
         "",
@@ -43,7 +64,8 @@ def format_summary(result, *, settings, param_counts: dict[str, int], tracker, r
         f"strategy={settings.strategy.mode} ({elapsed:.0f}s)",
         "",
         "accuracy matrix R[i][j] (row: after training task i; column: test accuracy on task j)",
-        format_matrix(result.matrix),
+        format_matrix(result.matrix, reference),
+        *collapse_warnings(result.artifacts, reference),
         "",
         f"ACC {'n/a' if s.get('acc') is None else format(s['acc'], '.3f')}   BWT {_fmt(s.get('bwt'))}   FWT {_fmt(s.get('fwt'))}   "
         f"forgetting {_fmt(s.get('forgetting'))}   (avalanche forgetting {_fmt(s.get('avalanche_forgetting'))})",

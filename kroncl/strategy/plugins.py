@@ -3,7 +3,8 @@
 Replay is avalanche-lib's ``ReplayPlugin`` over a :class:`~kroncl.strategy.plugin_state.SeededReplayBuffer`.
 The stateful plugins implement the checkpoint contract of :mod:`kroncl.strategy.plugin_state`.
 
-- :class:`AccuracyCollector` — our own per-experience test accuracy, the source of the
+- :class:`AccuracyCollector` — our own per-experience test accuracy (and which answer positions
+  were predicted, for the collapse check of :mod:`kroncl.metrics.reference`), the source of the
   accuracy matrix (avalanche-lib's ``AccuracyMatrixPluginMetric`` crashes on the evaluation
   before any training that forward transfer needs).
 - :class:`ChoiceLwFPlugin` — avalanche-lib's LwF, distilling only the choice columns a batch has.
@@ -17,7 +18,7 @@ The stateful plugins implement the checkpoint contract of :mod:`kroncl.strategy.
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 import torch
 from avalanche.training.plugins import (
@@ -48,16 +49,21 @@ class AccuracyCollector(SupervisedPlugin):
     def __init__(self) -> None:
         super().__init__()
         self.results: dict[int, float] = {}
+        self.predicted: dict[int, Counter] = {}
+        """exp -> how often each answer position was predicted (collapse check)."""
         self._correct = 0
         self._total = 0
 
     def before_eval_exp(self, strategy, **kwargs) -> None:
         self._correct = self._total = 0
+        self.predicted[int(strategy.experience.current_experience)] = Counter()
 
     def after_eval_iteration(self, strategy, **kwargs) -> None:
         correct, total = count_correct(strategy.mb_output, strategy.mb_y)
         self._correct += correct
         self._total += total
+        exp = int(strategy.experience.current_experience)
+        self.predicted[exp].update(strategy.mb_output.float().argmax(dim=-1).tolist())
 
     def after_eval_exp(self, strategy, **kwargs) -> None:
         exp = int(strategy.experience.current_experience)

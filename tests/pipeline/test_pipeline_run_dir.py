@@ -42,3 +42,14 @@ def test_runs_in_one_process_keep_their_own_log(int4_run, offline_int8_run):
     handlers = logging.getLogger("kroncl").handlers
     assert not [h for h in handlers if isinstance(h, logging.FileHandler)
                 and h.baseFilename in (str(first), str(second))]
+
+
+def test_summary_records_references_predictions_and_the_selected_epochs(int4_run):
+    summary = json.loads((int4_run.run_dir / "summary.json").read_text())
+    assert set(summary["reference"]) == {"toy_larger", "toy_smaller"}
+    assert all(r["chance"] == 0.5 and 0.5 <= r["majority"] <= 1 for r in summary["reference"].values())
+    for rec in summary["artifacts"]:
+        assert set(rec["top_choice"]) == {"toy_larger", "toy_smaller"}
+        sel = rec["selection"]
+        assert 1 <= sel["selected_epoch"] <= sel["epochs_run"] == len(sel["val_acc"])
+    assert "(chance)" in int4_run.printed and "by validation" in int4_run.printed
