@@ -19,6 +19,7 @@ from typing import Any
 
 from kroncl.errors import ConfigError
 from kroncl.fields import check_types, shown
+from kroncl.metrics.matrix import TASK_LABELS
 from kroncl.quant.scheme import DEFAULT_BLOCK_SIZE, SCHEME_NAMES, block_size_problem
 
 STRATEGY_MODES = ("sequential", "per_task", "orthogonal")
@@ -75,6 +76,14 @@ class StrategyConfig:
     lwf_temperature: float = 2.0
     ewc_lambda: float = 100.0
     orthogonal_lambda: float = 0.0
+
+
+@dataclass
+class EvalConfig:
+    task_labels: str = "known"
+    """known: each test row is answered by its own task's adapter set. unknown: the model is not
+    told the task; in per_task/orthogonal modes every trained set scores the row and the most
+    confident one (lowest entropy over the choices) answers. Sequential has one set either way."""
 
 
 @dataclass
@@ -166,6 +175,10 @@ def validate_strategy(cfg: StrategyConfig, errors: list[str]) -> None:
                 )
     if cfg.mode == "orthogonal" and cfg.orthogonal_lambda == 0:
         errors.append("strategy=orthogonal needs strategy.orthogonal_lambda > 0")
+
+
+def validate_eval(cfg: EvalConfig, errors: list[str]) -> None:
+    _check_choice(errors, "eval.task_labels", cfg.task_labels, TASK_LABELS)
 
 
 def validate_quant(cfg: QuantConfig, errors: list[str]) -> None:
@@ -268,6 +281,7 @@ class RunSettings:
     strategy: StrategyConfig
     train: TrainConfig
     quant: QuantConfig
+    eval: EvalConfig
     tracking: TrackingConfig
     registry: RegistryConfig
     data_dir: Path | None
@@ -313,11 +327,13 @@ def load_settings(resolved: dict[str, Any]) -> RunSettings:
     train = build_section(TrainConfig, resolved.get("train"), "train", errors)
     strategy = build_section(StrategyConfig, resolved.get("strategy"), "strategy", errors)
     quant = build_section(QuantConfig, resolved.get("quant"), "quant", errors)
+    evaluation = build_section(EvalConfig, resolved.get("eval"), "eval", errors)
     tracking = build_section(TrackingConfig, resolved.get("tracking"), "tracking", errors)
     registry = build_section(RegistryConfig, resolved.get("registry"), "registry", errors)
     validate_train(train, errors)
     validate_strategy(strategy, errors)
     validate_quant(quant, errors)
+    validate_eval(evaluation, errors)
 
     seed = resolved.get("seed", 0)
     seed_ok = isinstance(seed, int) and not isinstance(seed, bool)
@@ -363,6 +379,7 @@ def load_settings(resolved: dict[str, Any]) -> RunSettings:
         strategy=strategy,
         train=train,
         quant=quant,
+        eval=evaluation,
         tracking=tracking,
         registry=registry,
         data_dir=data_dir,

@@ -207,7 +207,7 @@ def run_in(run_dir: Path, settings: RunSettings, resolved: dict[str, Any], recor
     remove_stale_temp_files(run_dir)  # left by a writer killed mid-write; the lock says it is dead
     prep = prepare(settings)
     checkpoint = load_checkpoint(run_dir)
-    matrix = AccuracyMatrix(prep.task_names)
+    matrix = AccuracyMatrix(prep.task_names, task_labels=settings.eval.task_labels)
     if checkpoint is not None:
         check_same_config(checkpoint, settings.result_config, record.config_hash)
         matrix = restore(prep, checkpoint)
@@ -288,6 +288,7 @@ def build_strategy(settings: RunSettings, prep: Prepared, tracker: Tracker) -> K
                  *build_plugins(settings.strategy, prep.sets, seed=settings.seed), AccuracyCollector()],
         evaluator=evaluator,
         seed=settings.seed,
+        task_labels=settings.eval.task_labels,
     )
 
 

@@ -67,6 +67,7 @@ class ExperienceRecorder:
         selection = self.log_selection(index, task)
         record = self.save_and_register(index, task, name, tensors, matrix, selection)
         record["top_choice"] = self.top_choices(index)
+        record["routing_acc"] = self.routing_accuracy(index)
         self.produced.append(record)
         matrix.save(self.run_dir / "metrics")
         self.tracker.log_accuracy_matrix(matrix)
@@ -85,6 +86,17 @@ class ExperienceRecorder:
         self.tracker.log_metrics({f"predictions/{task}/top_choice_share": share
                                   for task, (_, share) in top.items()}, step=index)
         return top
+
+    def routing_accuracy(self, index: int) -> dict[str, float] | None:
+        """task -> share of its test rows answered by its own set, after experience ``index``,
+        when answering without task labels (None with labels); ``routing/<task>/acc`` in MLflow."""
+        collector = next(p for p in self.strategy.plugins if isinstance(p, AccuracyCollector))
+        if not collector.routing:
+            return None
+        acc = {self.prep.task_names[j]: hits / rows
+               for j, (hits, rows) in sorted(collector.routing.items()) if rows}
+        self.tracker.log_metrics({f"routing/{task}/acc": a for task, a in acc.items()}, step=index)
+        return acc
 
     def log_selection(self, index: int, task: str) -> dict[str, Any] | None:
         """The experience's epoch choice (None without model selection), logged to MLflow:

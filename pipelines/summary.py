@@ -38,6 +38,18 @@ def format_dropped(dropped_rows: dict[str, dict[str, int]]) -> str:
     return "dropped rows (invalid, see run.log): " + ("; ".join(parts) if parts else "none")
 
 
+def format_task_labels(task_labels: str, artifacts: list[dict[str, Any]]) -> str:
+    """Whether R was measured with task labels, and how well rows found their own set."""
+    if task_labels == "known":
+        return "task labels at test time: known (each row answered by its own task's set)"
+    line = "task labels at test time: unknown (the most confident trained set answers each row)"
+    routing = artifacts[-1].get("routing_acc") if artifacts else None
+    if routing:
+        line += "; rows answered by their own task's set after the last experience: " + ", ".join(
+            f"{task} {acc:.3f}" for task, acc in routing.items())
+    return line
+
+
 def collapse_warnings(artifacts: list[dict[str, Any]], reference: dict[str, Any] | None) -> list[str]:
     """One line per task whose predictions after the last experience sit on one answer."""
     if not artifacts or not artifacts[-1].get("top_choice"):
@@ -66,6 +78,7 @@ def format_summary(result, *, settings, param_counts: dict[str, int], tracker, r
         "accuracy matrix R[i][j] (row: after training task i; column: test accuracy on task j)",
         format_matrix(result.matrix, reference),
         *collapse_warnings(result.artifacts, reference),
+        format_task_labels(result.matrix.task_labels, result.artifacts),
         "",
         f"ACC {'n/a' if s.get('acc') is None else format(s['acc'], '.3f')}   BWT {_fmt(s.get('bwt'))}   FWT {_fmt(s.get('fwt'))}   "
         f"forgetting {_fmt(s.get('forgetting'))}   (avalanche forgetting {_fmt(s.get('avalanche_forgetting'))})",

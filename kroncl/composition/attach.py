@@ -8,8 +8,9 @@ with :meth:`ComposedModel.merge`); several: each row by the batch's ``task_label
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -24,7 +25,7 @@ from kroncl.adapters import (
     merge_adapter,
     set_active_adapter,
 )
-from kroncl.adapters.routing import routed_forward
+from kroncl.adapters.routing import confident_forward, routed_forward
 from kroncl.composition.compatible import ComposeError, check_compatible, set_name_for
 
 if TYPE_CHECKING:
@@ -49,6 +50,9 @@ class ComposedModel:
     tasks: list[str]
     sets: dict[str, str]
     merged: bool = False
+    routed: Counter = field(default_factory=Counter)
+    """Rows answered without task labels, counted by the task whose set answered them (clear
+    it before scoring to measure routing on one task's rows)."""
 
     @property
     def multi(self) -> bool:
@@ -97,20 +101,21 @@ class ComposedModel:
 
     @torch.no_grad()
     def __call__(self, batch: dict[str, Tensor]) -> Tensor:
-        """(B, C) choice scores; with several sets each row goes through its task's set.
+        """(B, C) choice scores; with several sets each row goes through its task's set, or —
+        for a batch without ``task_labels`` — through the set most confident about it
+        (:func:`kroncl.adapters.routing.confident_forward`; counted in :attr:`routed`).
 
         Raises:
-            ComposeError: several sets and the batch has no ``task_labels``, or a label that
-                names no composed task.
+            ComposeError: a label that names no composed task.
         """
         if not self.multi:
             return self.model(batch)
         task_ids = batch.get("task_labels")
         if task_ids is None:
-            raise ComposeError(
-                f"this model holds {len(self.tasks)} adapter sets and routes by task: give the batch "
-                f"'task_labels' ({self._known()})"
-            )
+            names = [self.sets[t] for t in self.tasks]
+            scores, chosen = confident_forward(self.model, self.model.backbone, batch, names)
+            self.routed.update(self.tasks[i] for i in chosen.tolist())
+            return scores
         for label in task_ids.unique().tolist():
             self.route(int(label))  # fail with the known labels before any forward
         return routed_forward(self.model, self.model.backbone, batch, task_ids, self.route)

@@ -3,7 +3,8 @@
 Files written by :meth:`AccuracyMatrix.save` (each atomically: temp file + ``os.replace``, so a
 crash mid-write never leaves a truncated file behind):
 
-* ``accuracy_matrix.json`` — ``{"format_version": 1, "task_names", "baseline", "rows"}``;
+* ``accuracy_matrix.json`` — ``{"format_version": 1, "task_names", "baseline", "rows",
+  "task_labels"}`` (``known``/``unknown``: whether test rows were routed by their task label);
   ``null`` marks a cell not measured yet. Read back with :meth:`AccuracyMatrix.load`.
 * ``accuracy_matrix.csv`` — header ``after,<task names>``, first row ``before`` (baseline),
   then one row per experience labelled with the task trained in it; empty cell = not measured.
@@ -28,6 +29,7 @@ FORMAT_VERSION = 1
 MATRIX_JSON = "accuracy_matrix.json"
 MATRIX_CSV = "accuracy_matrix.csv"
 METRICS_JSON = "metrics.json"
+TASK_LABELS = ("known", "unknown")
 
 
 def _check_accuracy(value: Any, where: str) -> float:
@@ -55,6 +57,8 @@ class AccuracyMatrix:
         task_names: unique task names in stream order (T >= 1).
         baseline: ``T`` values or ``None`` entries; empty (default) = all ``None``.
         rows: ``T x T`` values or ``None`` entries; empty (default) = all ``None``.
+        task_labels: ``known`` (each test row was answered by its own task's adapter set) or
+            ``unknown`` (the model was not told the task; see ``eval.task_labels``).
 
     Raises:
         ValueError: duplicate/empty task names, wrong shapes, non-finite values.
@@ -63,6 +67,7 @@ class AccuracyMatrix:
     task_names: list[str]
     baseline: list[float | None] = field(default_factory=list)
     rows: list[list[float | None]] = field(default_factory=list)
+    task_labels: str = "known"
 
     def __post_init__(self) -> None:
         self.task_names = [str(t) for t in self.task_names]
@@ -88,6 +93,8 @@ class AccuracyMatrix:
                 raise ValueError(f"rows[{i}] has {len(row)} entries for {T} tasks")
             checked.append([_check_optional(v, f"rows[{i}][{j}]") for j, v in enumerate(row)])
         self.rows = checked
+        if self.task_labels not in TASK_LABELS:
+            raise ValueError(f"task_labels={self.task_labels!r} is not one of {', '.join(TASK_LABELS)}")
 
     # -- access -------------------------------------------------------------------------
 
@@ -184,6 +191,7 @@ class AccuracyMatrix:
             "task_names": list(self.task_names),
             "num_tasks": self.num_tasks,
             "completed_experiences": n,
+            "task_labels": self.task_labels,
             "baseline": list(self.baseline),
         }
         if n == 0:
@@ -207,6 +215,7 @@ class AccuracyMatrix:
             "task_names": list(self.task_names),
             "baseline": list(self.baseline),
             "rows": [list(r) for r in self.rows],
+            "task_labels": self.task_labels,
         }
 
     @classmethod
@@ -225,7 +234,8 @@ class AccuracyMatrix:
         if missing:
             raise ValueError(f"accuracy matrix dict lacks keys {missing}")
         return cls(task_names=list(data["task_names"]), baseline=list(data["baseline"]),
-                   rows=[list(r) for r in data["rows"]])
+                   rows=[list(r) for r in data["rows"]],
+                   task_labels=data.get("task_labels", "known"))  # files before it existed
 
     def to_csv(self) -> str:
         """CSV text: header ``after,<tasks>``, row ``before``, one row per experience."""

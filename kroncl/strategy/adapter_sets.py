@@ -85,6 +85,13 @@ class AdapterSets:
             return self.by_task.get(task_label, self.current)
         return self.current
 
+    def answer_sets(self) -> list[str]:
+        """Sets that may answer a row whose task is not known: one per trained task, in training
+        order (before any training, the current set)."""
+        assert self.current is not None, "inject adapters before routing"
+        trained = list(dict.fromkeys(self.by_task.values()))
+        return trained or [self.current]
+
     def frozen_sets(self) -> list[str]:
         """Sets trained on earlier experiences (the orthogonality penalty compares against them)."""
         return [n for n in dict.fromkeys(self.by_task.values()) if n != self.current]

@@ -51,12 +51,15 @@ class AccuracyCollector(SupervisedPlugin):
         self.results: dict[int, float] = {}
         self.predicted: dict[int, Counter] = {}
         """exp -> how often each answer position was predicted (collapse check)."""
+        self.routing: dict[int, tuple[int, int]] = {}
+        """exp -> (rows routed to their own task's set, rows) when answered without task labels."""
         self._correct = 0
         self._total = 0
 
     def before_eval_exp(self, strategy, **kwargs) -> None:
         self._correct = self._total = 0
         self.predicted[int(strategy.experience.current_experience)] = Counter()
+        self.routing.pop(int(strategy.experience.current_experience), None)
 
     def after_eval_iteration(self, strategy, **kwargs) -> None:
         correct, total = count_correct(strategy.mb_output, strategy.mb_y)
@@ -64,6 +67,9 @@ class AccuracyCollector(SupervisedPlugin):
         self._total += total
         exp = int(strategy.experience.current_experience)
         self.predicted[exp].update(strategy.mb_output.float().argmax(dim=-1).tolist())
+        if getattr(strategy, "mb_routing", None) is not None:
+            hits, rows = self.routing.get(exp, (0, 0))
+            self.routing[exp] = (hits + strategy.mb_routing[0], rows + strategy.mb_routing[1])
 
     def after_eval_exp(self, strategy, **kwargs) -> None:
         exp = int(strategy.experience.current_experience)

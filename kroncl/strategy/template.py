@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from kroncl.config import TrainConfig
 from kroncl.errors import ConfigError
 from kroncl.faults import fault_point
-from kroncl.adapters.routing import routed_forward
+from kroncl.adapters.routing import confident_forward, routed_forward
 from kroncl.strategy.adapter_sets import AdapterSets
 from kroncl.strategy.schedule import lr_multiplier
 
@@ -90,6 +90,17 @@ def experience_seed(seed: int, experience: int) -> int:
     return seed * 1_000_003 + experience
 
 
+def routing_hits(candidates, chosen: torch.Tensor, task_ids: torch.Tensor,
+                 by_task: dict[int, str]) -> tuple[int, int]:
+    """(rows whose chosen set is the one trained on their task, rows whose task has a set)."""
+    hits = total = 0
+    for index, label in zip(chosen.tolist(), task_ids.tolist()):
+        if int(label) in by_task:
+            total += 1
+            hits += candidates[index] == by_task[int(label)]
+    return hits, total
+
+
 class KronclStrategy(SupervisedTemplate):
     """Avalanche strategy for ``MultipleChoiceModel`` + resident adapter sets.
 
@@ -112,11 +123,16 @@ class KronclStrategy(SupervisedTemplate):
         plugins: Sequence[SupervisedPlugin] = (),
         evaluator: EvaluationPlugin | None = None,
         seed: int = 0,
+        task_labels: str = "known",
     ) -> None:
         device = resolve_device(train.device)
         self.train_cfg = train
         self.adapter_sets = adapter_sets
         self.seed = seed
+        self.task_labels = task_labels
+        self.mb_routing: tuple[int, int] | None = None
+        """(rows routed to their own task's set, rows whose task has a set) of the last
+        evaluation batch answered without task labels; None when labels were used."""
         self.amp_dtype = resolve_precision(train.precision, device)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         self.scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
@@ -163,10 +179,15 @@ class KronclStrategy(SupervisedTemplate):
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
     def forward(self) -> torch.Tensor:
+        sets = self.adapter_sets
+        self.mb_routing = None
         with self._autocast():
-            scores = routed_forward(
-                self.model, self.model, self.mbatch, self.mb_task_id, self.adapter_sets.route
-            )
+            if not self.is_training and self.task_labels == "unknown" and sets.per_task:
+                candidates = sets.answer_sets()
+                scores, chosen = confident_forward(self.model, self.model, self.mbatch, candidates)
+                self.mb_routing = routing_hits(candidates, chosen, self.mb_task_id, sets.by_task)
+            else:
+                scores = routed_forward(self.model, self.model, self.mbatch, self.mb_task_id, sets.route)
         return scores.float()
 
     # ---- experience set-up ------------------------------------------------------------

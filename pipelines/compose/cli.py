@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("evaluation and output")
     g.add_argument("--eval", action="store_true", help="score the composed model on the test split of each task")
     g.add_argument("--eval-task", action="append", default=[], help="task to evaluate (repeatable; implies --eval)")
+    g.add_argument("--task-labels", choices=("known", "unknown"), default="known",
+                   help="unknown: score rows without telling the model their task; with several resident "
+                        "sets the most confident one answers each row (routing accuracy is reported)")
     g.add_argument("--data-dir", help="folder of <task>/{train,validation,test}.jsonl (default: the run's data.dir)")
     g.add_argument("--max-test", type=int, help="test rows per task (default: the run's stream.max_test)")
     g.add_argument("--batch-size", type=int, default=64, help="rows per forward when evaluating")
@@ -133,6 +136,8 @@ def format_summary(s: dict[str, Any]) -> str:
         if e["registry_acc"] is not None:
             ref = (f"  ({e['source']} alone, as registered: {e['registry_acc']:.4f})" if s["combined"]
                    else f"  (registered acc of {e['source']}: {e['registry_acc']:.4f})")
+        if e.get("routing_acc") is not None:
+            ref += f"  [no task label: {e['routing_acc']:.1%} of rows answered by its own set]"
         lines.append(f"   eval {e['task']}: test {e['rows']} rows, acc={e['acc']:.4f}{ref}")
     if s["saved"]:
         lines.append(f"   saved to {s['saved']}")
@@ -170,7 +175,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.eval or args.eval_task:
             eval_tasks = args.eval_task or list(dict.fromkeys(v.task for v in sources))
             evals = evaluate(composition, eval_tasks, data_dir=args.data_dir, max_test=args.max_test,
-                             batch_size=args.batch_size, sources=sources)
+                             batch_size=args.batch_size, sources=sources, task_labels=args.task_labels)
         summary = summary_dict(composition, evals, combined, None)
         if combined is None:  # the task-arithmetic line already says where a combined set came from
             for entry, v in zip(summary["sets"], composition.versions):

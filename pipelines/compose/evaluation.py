@@ -20,6 +20,8 @@ class EvalResult:
     registry_acc: float | None
     """The source version's registered ``acc`` when the test split is the one it was measured on."""
     source: str | None
+    routing_acc: float | None = None
+    """Answered without task labels: share of the rows the task's own set answered."""
 
 
 def evaluate(
@@ -31,6 +33,7 @@ def evaluate(
     batch_size: int = 64,
     sources: Sequence[AdapterVersion] = (),
     progress: bool = False,
+    task_labels: str = "known",
 ) -> list[EvalResult]:
     """Accuracy of the composed model on each task's test split.
 
@@ -43,6 +46,8 @@ def evaluate(
             a task-arithmetic version, taken from ``sources``).
         sources: versions to take each task's split settings and reference accuracy from
             (default: the composed versions).
+        task_labels: ``unknown`` scores every row without telling the model its task (the most
+            confident resident set answers) and reports how often it was the task's own set.
 
     Raises:
         ComposeError: a task is not composed while several sets are resident.
@@ -66,8 +71,12 @@ def evaluate(
         splits = load_task(task, folder, seed=int(stream.get("seed", 0)), strict=bool(stream.get("strict", False)),
                            **kwargs)
         composed = composition.composed
-        acc = accuracy(composed, splits.test, task if composed.multi else None, batch_size, progress)
+        composed.routed.clear()
+        acc = accuracy(composed, splits.test, task if composed.multi else None, batch_size, progress, task_labels)
         same_split = src is not None and max_test in (None, stream.get("max_test")) and data_dir in (None, folder)
         ref_acc = src.metrics.get("acc") if same_split else None
-        results.append(EvalResult(task, len(splits.test), acc, ref_acc, src.ref if src else None))
+        routing = None
+        if task_labels == "unknown" and composed.multi and task in composed.sets and splits.test:
+            routing = composed.routed[task] / len(splits.test)
+        results.append(EvalResult(task, len(splits.test), acc, ref_acc, src.ref if src else None, routing))
     return results

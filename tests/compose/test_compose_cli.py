@@ -32,6 +32,16 @@ def test_single_merged_eval_matches_registered_accuracy(trained, capsys):
     assert set(out["timings"]) == {"lookup", "fetch", "read", "base_model", "attach", "verify_base", "merge"}
 
 
+def test_eval_without_task_labels_prints_routing_accuracy(trained, capsys):
+    refs = [trained.refs["toy_larger"], trained.refs["toy_smaller"]]
+    assert main(_args(trained, *refs, "--eval", "--task-labels", "unknown", "--json")) == 0
+    evals = json.loads(capsys.readouterr().out)["eval"]
+    assert [e["task"] for e in evals] == ["toy_larger", "toy_smaller"]
+    assert all(0 <= e["routing_acc"] <= 1 for e in evals)
+    assert main(_args(trained, *refs, "--eval", "--task-labels", "unknown")) == 0
+    assert "of rows answered by its own set]" in capsys.readouterr().out
+
+
 def test_multi_task_summary_text(trained, capsys):
     assert main(_args(trained, "--task", "toy_larger", "--bits", "32", trained.refs["toy_smaller"], "--eval")) == 0
     text = capsys.readouterr().out

@@ -51,6 +51,34 @@ def test_mixed_batch_routes_every_row_to_its_task(trained, multi, live_scores, m
     assert (scores - expected).abs().max().item() <= ATOL
 
 
+def test_a_batch_without_task_labels_takes_each_rows_most_confident_set(trained, multi, live_scores, make_batch):
+    composed = multi.composed
+    batch = make_batch(trained.model, trained.splits["toy_larger"].test + trained.splits["toy_smaller"].test, 0)
+    del batch["task_labels"]
+    per_set = torch.stack([live_scores(trained.sets[t], batch) for t in composed.tasks])
+    entropy = torch.special.entr(per_set.softmax(-1)).sum(-1)
+    chosen = entropy.argmin(0)
+    composed.routed.clear()
+    scores = composed(batch)
+    expected = per_set[chosen, torch.arange(len(chosen))]
+    assert (scores - expected).abs().max().item() <= ATOL
+    assert composed.routed == {t: int((chosen == i).sum()) for i, t in enumerate(composed.tasks) if (chosen == i).any()}
+    assert sum(composed.routed.values()) == len(chosen)
+
+
+def test_evaluation_without_task_labels_reports_routing_accuracy(trained, multi):
+    from pipelines.compose.evaluation import evaluate
+
+    known = evaluate(multi, data_dir=None)
+    unknown = evaluate(multi, task_labels="unknown")
+    assert [e.task for e in unknown] == ["toy_larger", "toy_smaller"]
+    assert all(e.routing_acc is not None and 0 <= e.routing_acc <= 1 for e in unknown)
+    assert all(e.routing_acc is None for e in known)
+    for k, u in zip(known, unknown):  # fully routed to its own set = the labelled accuracy
+        if u.routing_acc == 1.0:
+            assert u.acc == k.acc
+
+
 def test_route_by_label_or_name_and_clear_errors(multi, trained, make_batch):
     composed = multi.composed
     assert composed.route(1) == composed.route("toy_smaller") == "toy_smaller"
@@ -58,10 +86,6 @@ def test_route_by_label_or_name_and_clear_errors(multi, trained, make_batch):
         composed.route(2)
     with pytest.raises(ComposeError, match="task 'piqa' is not in this composition"):
         composed.route("piqa")
-    batch = make_batch(trained.model, trained.splits["toy_larger"].test[:3], 0)
-    del batch["task_labels"]
-    with pytest.raises(ComposeError, match="give the batch 'task_labels'"):
-        composed(batch)
     with pytest.raises(ComposeError, match="cannot merge 2 resident adapter sets"):
         composed.merge()
 

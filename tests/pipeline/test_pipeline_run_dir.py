@@ -53,3 +53,26 @@ def test_summary_records_references_predictions_and_the_selected_epochs(int4_run
         sel = rec["selection"]
         assert 1 <= sel["selected_epoch"] <= sel["epochs_run"] == len(sel["val_acc"])
     assert "(chance)" in int4_run.printed and "by validation" in int4_run.printed
+
+
+def test_unknown_task_labels_are_recorded_in_the_matrix_files_summary_and_mlflow(
+        pipeline_runner, tmp_path, mlflow_db_template):
+    import shutil
+
+    from mlflow.tracking import MlflowClient
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    shutil.copyfile(mlflow_db_template, runs / "mlflow.db")
+    run = pipeline_runner(runs, ["strategy=per_task", "eval.task_labels=unknown", "registry=off"], "unknown")
+    metrics = run.run_dir / "metrics"
+    assert json.loads((metrics / "accuracy_matrix.json").read_text())["task_labels"] == "unknown"
+    assert json.loads((metrics / "metrics.json").read_text())["task_labels"] == "unknown"
+    assert AccuracyMatrix.load(metrics).task_labels == "unknown"
+    routing = json.loads((run.run_dir / "summary.json").read_text())["artifacts"][-1]["routing_acc"]
+    assert set(routing) == {"toy_larger", "toy_smaller"} and all(0 <= a <= 1 for a in routing.values())
+    assert "task labels at test time: unknown" in run.printed and "toy_smaller " in run.printed
+    client = MlflowClient(tracking_uri=run.tracking_uri)
+    mlflow_run = client.get_run(run.result.mlflow_run_id)
+    assert mlflow_run.data.params["eval.task_labels"] == "unknown"
+    assert [m.step for m in client.get_metric_history(mlflow_run.info.run_id, "routing/toy_larger/acc")] == [0, 1]
