@@ -20,6 +20,8 @@ from typing import Any
 from kroncl.errors import ConfigError
 from kroncl.fields import check_types, shown
 from kroncl.metrics.matrix import TASK_LABELS
+
+ROUTERS = ("centroid", "entropy")
 from kroncl.quant.scheme import DEFAULT_BLOCK_SIZE, SCHEME_NAMES, block_size_problem
 
 STRATEGY_MODES = ("sequential", "per_task", "orthogonal")
@@ -82,8 +84,12 @@ class StrategyConfig:
 class EvalConfig:
     task_labels: str = "known"
     """known: each test row is answered by its own task's adapter set. unknown: the model is not
-    told the task; in per_task/orthogonal modes every trained set scores the row and the most
-    confident one (lowest entropy over the choices) answers. Sequential has one set either way."""
+    told the task; in per_task/orthogonal modes ``router`` picks the set that answers each row.
+    Sequential has one set either way."""
+    router: str = "centroid"
+    """With task_labels=unknown in per_task/orthogonal: centroid (each row goes to the task whose
+    training rows' tokens are nearest, :class:`kroncl.adapters.routing.TokenCentroidRouter`) |
+    entropy (every trained set scores the row; the most confident answers)."""
 
 
 @dataclass
@@ -179,6 +185,7 @@ def validate_strategy(cfg: StrategyConfig, errors: list[str]) -> None:
 
 def validate_eval(cfg: EvalConfig, errors: list[str]) -> None:
     _check_choice(errors, "eval.task_labels", cfg.task_labels, TASK_LABELS)
+    _check_choice(errors, "eval.router", cfg.router, ROUTERS)
 
 
 def validate_quant(cfg: QuantConfig, errors: list[str]) -> None:

@@ -54,6 +54,7 @@ from kroncl.strategy.checkpoint import (
 from kroncl.strategy.loop import run_stream
 from kroncl.strategy.plugins import AccuracyCollector, build_plugins
 from kroncl.strategy.selection import build_selection
+from kroncl.strategy.task_router import build_router
 from kroncl.strategy.template import KronclStrategy, resolve_threads, seed_everything
 from kroncl.tracking import Tracker, flatten_config
 from pipelines.experience import ExperienceRecorder
@@ -279,16 +280,19 @@ def build_strategy(settings: RunSettings, prep: Prepared, tracker: Tracker) -> K
         loss_metrics(epoch=True),
         loggers=[MLflowLogger(tracker, prefix="avalanche/")],
     )
+    router, fitter = build_router(settings.eval.task_labels, settings.eval.router, prep.sets.per_task)
     return KronclStrategy(
         model=prep.model,
         adapter_sets=prep.sets,
         train=settings.train,
         # Selection first: it puts the best epoch back before EWC/LwF take their snapshots.
         plugins=[*build_selection(settings.train.select, settings.train.patience, prep.benchmark, log.info),
-                 *build_plugins(settings.strategy, prep.sets, seed=settings.seed), AccuracyCollector()],
+                 *build_plugins(settings.strategy, prep.sets, seed=settings.seed), *fitter,
+                 AccuracyCollector()],
         evaluator=evaluator,
         seed=settings.seed,
         task_labels=settings.eval.task_labels,
+        task_router=router,
     )
 
 

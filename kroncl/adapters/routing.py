@@ -71,3 +71,51 @@ def confident_forward(
     chosen = entropy.argmin(dim=0)
     rows = torch.arange(stacked.shape[1], device=stacked.device)
     return stacked[chosen, rows], chosen
+
+
+class TokenCentroidRouter:
+    """Guesses each row's task from its tokens: the task whose training rows' token-presence
+    centroid is nearest (cosine), among the tasks fitted so far.
+
+    Model-free and cheap (one sparse scatter per batch): a row is the set of token ids of its
+    question and choices (``input_ids`` under ``attention_mask``, hashed into ``buckets``), a task
+    the mean of those sets over its training rows. Tasks whose text looks alike (ARC-Easy and
+    ARC-Challenge) are confused with each other; tasks with their own format are not — see the
+    README's routing table.
+    """
+
+    def __init__(self, buckets: int = 1 << 16) -> None:
+        self.buckets = buckets
+        self._sums: dict[int, torch.Tensor] = {}
+        self._rows: dict[int, int] = {}
+
+    @property
+    def labels(self) -> list[int]:
+        return sorted(self._sums)
+
+    def presence(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, buckets) 0/1: which (hashed) token ids each row contains."""
+        ids = batch["input_ids"]
+        ids = ids.reshape(ids.shape[0], -1)
+        mask = batch["attention_mask"].reshape(ids.shape).bool()
+        out = torch.zeros(ids.shape[0], self.buckets, device=ids.device)
+        out.scatter_(1, (ids % self.buckets) * mask, mask.float())  # masked tokens hit bucket 0 with 0
+        return out.clamp_(max=1.0)
+
+    def fit(self, label: int, batches) -> None:
+        """Add ``batches`` (dict batches of task ``label``'s training rows) to its centroid."""
+        for batch in batches:
+            rows = self.presence(batch).cpu()
+            self._sums[label] = self._sums.get(label, torch.zeros(self.buckets)) + rows.sum(dim=0)
+            self._rows[label] = self._rows.get(label, 0) + rows.shape[0]
+
+    def predict(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B,) long: the fitted task label nearest to each row (the first label on ties)."""
+        if not self._sums:
+            raise ValueError("TokenCentroidRouter.predict before any task was fitted")
+        labels = self.labels
+        centroids = torch.stack([self._sums[t] / self._rows[t] for t in labels])  # (T, buckets)
+        rows = self.presence(batch)
+        sims = torch.nn.functional.normalize(rows, dim=1) @ torch.nn.functional.normalize(
+            centroids.to(rows.device), dim=1).T  # (B, T)
+        return torch.as_tensor(labels, device=rows.device)[sims.argmax(dim=1)]

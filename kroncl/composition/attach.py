@@ -25,7 +25,7 @@ from kroncl.adapters import (
     merge_adapter,
     set_active_adapter,
 )
-from kroncl.adapters.routing import confident_forward, routed_forward
+from kroncl.adapters.routing import TokenCentroidRouter, confident_forward, routed_forward
 from kroncl.composition.compatible import ComposeError, check_compatible, set_name_for
 
 if TYPE_CHECKING:
@@ -53,6 +53,9 @@ class ComposedModel:
     routed: Counter = field(default_factory=Counter)
     """Rows answered without task labels, counted by the task whose set answered them (clear
     it before scoring to measure routing on one task's rows)."""
+    router: TokenCentroidRouter | None = None
+    """Guesses the task of a row without ``task_labels`` (fitted with composed label values);
+    None or unfitted: the most confident set answers."""
 
     @property
     def multi(self) -> bool:
@@ -102,8 +105,9 @@ class ComposedModel:
     @torch.no_grad()
     def __call__(self, batch: dict[str, Tensor]) -> Tensor:
         """(B, C) choice scores; with several sets each row goes through its task's set, or —
-        for a batch without ``task_labels`` — through the set most confident about it
-        (:func:`kroncl.adapters.routing.confident_forward`; counted in :attr:`routed`).
+        for a batch without ``task_labels`` — through the set of the task :attr:`router`
+        guesses, else the set most confident about it
+        (:func:`kroncl.adapters.routing.confident_forward`); counted in :attr:`routed`.
 
         Raises:
             ComposeError: a label that names no composed task.
@@ -112,6 +116,10 @@ class ComposedModel:
             return self.model(batch)
         task_ids = batch.get("task_labels")
         if task_ids is None:
+            if self.router is not None and self.router.labels:
+                guessed = self.router.predict(batch)
+                self.routed.update(self.tasks[int(i)] for i in guessed.tolist())
+                return routed_forward(self.model, self.model.backbone, batch, guessed, self.route)
             names = [self.sets[t] for t in self.tasks]
             scores, chosen = confident_forward(self.model, self.model.backbone, batch, names)
             self.routed.update(self.tasks[i] for i in chosen.tolist())

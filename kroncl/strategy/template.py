@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from kroncl.config import TrainConfig
 from kroncl.errors import ConfigError
 from kroncl.faults import fault_point
-from kroncl.adapters.routing import confident_forward, routed_forward
+from kroncl.adapters.routing import TokenCentroidRouter, confident_forward, routed_forward
 from kroncl.strategy.adapter_sets import AdapterSets
 from kroncl.strategy.schedule import lr_multiplier
 
@@ -90,14 +90,13 @@ def experience_seed(seed: int, experience: int) -> int:
     return seed * 1_000_003 + experience
 
 
-def routing_hits(candidates, chosen: torch.Tensor, task_ids: torch.Tensor,
-                 by_task: dict[int, str]) -> tuple[int, int]:
-    """(rows whose chosen set is the one trained on their task, rows whose task has a set)."""
+def routing_hits(chosen: list[str], task_ids: torch.Tensor, by_task: dict[int, str]) -> tuple[int, int]:
+    """(rows whose answering set is the one trained on their task, rows whose task has a set)."""
     hits = total = 0
-    for index, label in zip(chosen.tolist(), task_ids.tolist()):
+    for name, label in zip(chosen, task_ids.tolist()):
         if int(label) in by_task:
             total += 1
-            hits += candidates[index] == by_task[int(label)]
+            hits += name == by_task[int(label)]
     return hits, total
 
 
@@ -124,12 +123,15 @@ class KronclStrategy(SupervisedTemplate):
         evaluator: EvaluationPlugin | None = None,
         seed: int = 0,
         task_labels: str = "known",
+        task_router: TokenCentroidRouter | None = None,
     ) -> None:
         device = resolve_device(train.device)
         self.train_cfg = train
         self.adapter_sets = adapter_sets
         self.seed = seed
         self.task_labels = task_labels
+        self.task_router = task_router
+        """With task labels unknown: guesses each row's task (None: the most confident set answers)."""
         self.mb_routing: tuple[int, int] | None = None
         """(rows routed to their own task's set, rows whose task has a set) of the last
         evaluation batch answered without task labels; None when labels were used."""
@@ -183,12 +185,22 @@ class KronclStrategy(SupervisedTemplate):
         self.mb_routing = None
         with self._autocast():
             if not self.is_training and self.task_labels == "unknown" and sets.per_task:
-                candidates = sets.answer_sets()
-                scores, chosen = confident_forward(self.model, self.model, self.mbatch, candidates)
-                self.mb_routing = routing_hits(candidates, chosen, self.mb_task_id, sets.by_task)
+                scores, chosen = self._answer_without_labels()
+                self.mb_routing = routing_hits(chosen, self.mb_task_id, sets.by_task)
             else:
                 scores = routed_forward(self.model, self.model, self.mbatch, self.mb_task_id, sets.route)
         return scores.float()
+
+    def _answer_without_labels(self) -> tuple[torch.Tensor, list[str]]:
+        """(scores, set that answered each row) of the batch, its task labels unused."""
+        sets, router = self.adapter_sets, self.task_router
+        if router is not None and router.labels:
+            guessed = router.predict(self.mbatch)
+            scores = routed_forward(self.model, self.model, self.mbatch, guessed, sets.route)
+            return scores, [sets.route(int(t)) for t in guessed.tolist()]
+        candidates = sets.answer_sets()
+        scores, chosen = confident_forward(self.model, self.model, self.mbatch, candidates)
+        return scores, [candidates[i] for i in chosen.tolist()]
 
     # ---- experience set-up ------------------------------------------------------------
     @property

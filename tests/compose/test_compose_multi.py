@@ -74,6 +74,10 @@ def test_evaluation_without_task_labels_reports_routing_accuracy(trained, multi)
     assert [e.task for e in unknown] == ["toy_larger", "toy_smaller"]
     assert all(e.routing_acc is not None and 0 <= e.routing_acc <= 1 for e in unknown)
     assert all(e.routing_acc is None for e in known)
+    # Fitted on each version's own training rows, with the composed labels.
+    assert multi.composed.router is not None and multi.composed.router.labels == [0, 1]
+    assert multi.composed.router._rows == {0: len(trained.splits["toy_larger"].train),
+                                           1: len(trained.splits["toy_smaller"].train)}
     for k, u in zip(known, unknown):  # fully routed to its own set = the labelled accuracy
         if u.routing_acc == 1.0:
             assert u.acc == k.acc

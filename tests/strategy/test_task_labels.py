@@ -1,13 +1,16 @@
-"""Answering without task labels (``eval.task_labels=unknown``): the most confident set answers."""
+"""Answering without task labels (``eval.task_labels=unknown``): a router or the most confident set."""
 
 from __future__ import annotations
 
+import pytest
 import torch
+from torch.utils.data import DataLoader
 
 from kroncl.adapters import adapter_parameters, add_adapter, set_active_adapter
-from kroncl.adapters.routing import confident_forward
+from kroncl.adapters.routing import TokenCentroidRouter, confident_forward
 from kroncl.strategy.loop import run_stream
 from kroncl.strategy.plugins import AccuracyCollector
+from kroncl.strategy.task_router import RouterFitter
 
 
 def test_confident_forward_takes_each_rows_lowest_entropy_set(build, toy_tasks):
@@ -36,6 +39,7 @@ def test_confident_forward_takes_each_rows_lowest_entropy_set(build, toy_tasks):
 
 
 def routed_run(build, tasks, mode, task_labels):
+    """The entropy router (no task router given): every trained set scores every row."""
     strategy, benchmark, matrix = build(tasks, mode=mode, lr=3e-2, epochs=2)
     strategy.task_labels = task_labels
     run_stream(strategy, benchmark, matrix, log=lambda _: None)
@@ -62,3 +66,42 @@ def test_per_task_without_labels_reports_routing_and_its_accuracy_follows_it(bui
         assert unknown[1] == known[1]
     else:
         assert unknown[1] != known[1]
+
+
+def test_token_centroid_router_picks_the_task_with_the_nearest_token_centroid():
+    router = TokenCentroidRouter(buckets=64)
+
+    def batch(rows):  # rows of token ids, 0 = padding
+        ids = torch.tensor(rows)
+        return {"input_ids": ids, "attention_mask": (ids != 0).long()}
+
+    with pytest.raises(ValueError, match="before any task was fitted"):
+        router.predict(batch([[1, 2]]))
+    router.fit(3, [batch([[1, 2, 3, 0], [1, 2, 4, 0]])])
+    router.fit(5, [batch([[10, 11, 12, 0]]), batch([[10, 11, 13, 0]])])
+    assert router.labels == [3, 5]
+    assert router.predict(batch([[2, 3, 0, 0], [11, 13, 0, 0], [1, 10, 0, 0]])).tolist() == [3, 5, 3]
+
+
+def test_centroid_routing_in_the_strategy_and_its_refit_on_resume(build, toy_tasks):
+    strategy, benchmark, matrix = build(toy_tasks, mode="per_task", lr=3e-2, epochs=2)
+    router = TokenCentroidRouter()
+    fitter = RouterFitter(router)
+    strategy.plugins.insert(0, fitter)
+    strategy.task_labels, strategy.task_router = "unknown", router
+    run_stream(strategy, benchmark, matrix, log=lambda _: None)
+    collector = next(p for p in strategy.plugins if isinstance(p, AccuracyCollector))
+    # The last evaluation's routing is exactly the router's guesses on the test rows.
+    for j, exp in enumerate(benchmark.test_stream):
+        ds = exp.dataset
+        guessed = torch.cat([router.predict(b) for b in DataLoader(ds, batch_size=64, collate_fn=ds.collate_fn)])
+        assert collector.routing[j] == (int((guessed == j).sum()), len(ds))
+    # The toy tasks ask the same numbers and differ in one word ("larger"/"smaller"): the
+    # router finds the task for most rows but not all (see the README's routing table).
+    hits, rows = map(sum, zip(*collector.routing.values()))
+    assert 0.5 < hits / rows < 1.0, collector.routing
+    state, tensors = fitter.checkpoint_state()
+    again = RouterFitter(TokenCentroidRouter())
+    again.restore_checkpoint_state(state, tensors, strategy=strategy, train_stream=benchmark.train_stream)
+    assert again.router.labels == router.labels == [0, 1]
+    assert all(torch.equal(again.router._sums[t], router._sums[t]) for t in router.labels)
