@@ -27,13 +27,15 @@ from kroncl.quant.scheme import DEFAULT_BLOCK_SIZE, SCHEME_NAMES, block_size_pro
 STRATEGY_MODES = ("sequential", "per_task", "orthogonal")
 PLUGINS = ("replay", "lwf", "ewc")
 PER_TASK_MODES = ("per_task", "orthogonal")
-# Why a plugin cannot change the result of a task-routed mode, where each task's rows are
-# answered by that task's own adapter set and every earlier set is frozen.
+# Why a plugin cannot change the result of a mode that trains one new set per task and freezes
+# every earlier one: (mode, plugin) -> reason.
+_EWC_FROZEN = ("EWC anchors the earlier sets' parameters, which this mode freezes anyway, so its "
+               "penalty is exactly 0")
 PLUGINS_THAT_CANNOT_ACT = {
-    "replay": "replayed rows of earlier tasks are routed to their own frozen sets, so they get "
-              "no gradient",
-    "ewc": "EWC anchors the earlier sets' parameters, which this mode freezes anyway, so its "
-           "penalty is exactly 0",
+    ("per_task", "replay"): "replayed rows of earlier tasks are routed to their own frozen sets, "
+                            "so they get no gradient",
+    ("per_task", "ewc"): _EWC_FROZEN,
+    ("orthogonal", "ewc"): _EWC_FROZEN,
 }
 SCHEDULES = ("linear", "cosine", "constant")
 DEVICES = ("cpu", "cuda", "auto")
@@ -172,13 +174,11 @@ def validate_strategy(cfg: StrategyConfig, errors: list[str]) -> None:
     _check_positive(errors, "strategy.lwf_alpha", cfg.lwf_alpha, allow_zero=True)
     _check_positive(errors, "strategy.ewc_lambda", cfg.ewc_lambda, allow_zero=True)
     _check_positive(errors, "strategy.orthogonal_lambda", cfg.orthogonal_lambda, allow_zero=True)
-    if cfg.mode in PER_TASK_MODES:
-        for name in cfg.plugins:
-            if name in PLUGINS_THAT_CANNOT_ACT:
-                errors.append(
-                    f"strategy={cfg.mode} cannot use strategy.plugins=[{name}]: "
-                    f"{PLUGINS_THAT_CANNOT_ACT[name]}; drop it, or use it with strategy=sequential"
-                )
+    for name in cfg.plugins:
+        why = PLUGINS_THAT_CANNOT_ACT.get((cfg.mode, name))
+        if why:
+            errors.append(f"strategy={cfg.mode} cannot use strategy.plugins=[{name}]: {why}; "
+                          "drop it, or use it with strategy=sequential")
     if cfg.mode == "orthogonal" and cfg.orthogonal_lambda == 0:
         errors.append("strategy=orthogonal needs strategy.orthogonal_lambda > 0")
 

@@ -280,7 +280,7 @@ def build_strategy(settings: RunSettings, prep: Prepared, tracker: Tracker) -> K
         loss_metrics(epoch=True),
         loggers=[MLflowLogger(tracker, prefix="avalanche/")],
     )
-    router, fitter = build_router(settings.eval.task_labels, settings.eval.router, prep.sets.per_task)
+    router, fitter = build_router(settings.eval.task_labels, settings.eval.router, prep.sets.routes_by_task)
     return KronclStrategy(
         model=prep.model,
         adapter_sets=prep.sets,

@@ -38,11 +38,19 @@ def format_dropped(dropped_rows: dict[str, dict[str, int]]) -> str:
     return "dropped rows (invalid, see run.log): " + ("; ".join(parts) if parts else "none")
 
 
-def format_task_labels(task_labels: str, artifacts: list[dict[str, Any]]) -> str:
+ROUTER_WORDS = {"centroid": "router: nearest task by tokens", "entropy": "router: the most confident set"}
+
+
+def format_task_labels(task_labels: str, artifacts: list[dict[str, Any]], router: str = "centroid",
+                       mode: str = "sequential") -> str:
     """Whether R was measured with task labels, and how well rows found their own set."""
+    if mode == "orthogonal":
+        return f"task labels at test time: {task_labels} (orthogonal: all trained sets answer together, summed)"
+    if mode == "sequential":
+        return f"task labels at test time: {task_labels} (sequential: one set answers every task)"
     if task_labels == "known":
         return "task labels at test time: known (each row answered by its own task's set)"
-    line = "task labels at test time: unknown (the most confident trained set answers each row)"
+    line = f"task labels at test time: unknown ({ROUTER_WORDS.get(router, router)})"
     routing = artifacts[-1].get("routing_acc") if artifacts else None
     if routing:
         line += "; rows answered by their own task's set after the last experience: " + ", ".join(
@@ -78,7 +86,8 @@ def format_summary(result, *, settings, param_counts: dict[str, int], tracker, r
         "accuracy matrix R[i][j] (row: after training task i; column: test accuracy on task j)",
         format_matrix(result.matrix, reference),
         *collapse_warnings(result.artifacts, reference),
-        format_task_labels(result.matrix.task_labels, result.artifacts),
+        format_task_labels(result.matrix.task_labels, result.artifacts, settings.eval.router,
+                           settings.strategy.mode),
         "",
         f"ACC {'n/a' if s.get('acc') is None else format(s['acc'], '.3f')}   BWT {_fmt(s.get('bwt'))}   FWT {_fmt(s.get('fwt'))}   "
         f"forgetting {_fmt(s.get('forgetting'))}   (avalanche forgetting {_fmt(s.get('avalanche_forgetting'))})",

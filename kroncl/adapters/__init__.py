@@ -27,6 +27,7 @@ from kroncl.adapters.inject import (
     merge_adapter,
     set_active_adapter,
     set_requires_grad,
+    set_stacked_adapters,
     unmerge_adapters,
 )
 from kroncl.adapters.io import (
@@ -70,6 +71,7 @@ __all__ = [
     "merge_adapter",
     "set_active_adapter",
     "set_requires_grad",
+    "set_stacked_adapters",
     "unmerge_adapters",
     "LoadedAdapter",
     "attach_adapter",

@@ -7,6 +7,7 @@ Which parameters are adapter parameters is decided by the ``AdapterLinear`` cont
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
@@ -228,6 +229,21 @@ def set_active_adapter(model: nn.Module, name: str | None) -> None:
             )
     for m in layers.values():
         m.active_adapter = name
+
+
+def set_stacked_adapters(model: nn.Module, names: Sequence[str]) -> None:
+    """Add sets ``names`` in every forward on top of the active set, in every adapted layer
+    (``()``: the active set alone). Used for O-LoRA, where all task sets answer together.
+
+    Raises:
+        AdapterStateError: some layer lacks one of ``names`` (nothing changed).
+    """
+    layers = _layers(model)
+    for m in layers.values():
+        for name in names:
+            m._factors(name)
+    for m in layers.values():
+        m.stacked_adapters = tuple(names)
 
 
 def adapter_parameters(model: nn.Module, name: str) -> dict[str, nn.Parameter]:

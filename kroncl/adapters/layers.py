@@ -92,6 +92,9 @@ class AdapterLinear(nn.Module):
         self.adapters = nn.ModuleDict()
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self._active_adapter: str | None = None
+        self.stacked_adapters: tuple[str, ...] = ()
+        """Sets added in forward besides the active one (O-LoRA: every earlier task's set stays
+        active, frozen, while the next one trains and at test time)."""
         self.merged_adapter: str | None = None
         # Exact copies of the original base parameters while a set is merged; restoring from
         # these (instead of subtracting ΔW) makes unmerge bit exact.
@@ -196,6 +199,7 @@ class AdapterLinear(nn.Module):
         del self.adapters[name]
         if self._active_adapter == name:
             self._active_adapter = None
+        self.stacked_adapters = tuple(n for n in self.stacked_adapters if n != name)
 
     def adapter_parameters(self, name: str) -> dict[str, nn.Parameter]:
         """Parameters of set ``name`` under local names (e.g. "A", "B1", "B2")."""
@@ -204,11 +208,14 @@ class AdapterLinear(nn.Module):
     # --- forward -------------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
         out = self.base_layer(x)  # (..., d_out); includes the merged set, if any
-        name = self._active_adapter
-        if name is None or name == self.merged_adapter:
+        names = [n for n in (*self.stacked_adapters, self._active_adapter)
+                 if n is not None and n != self.merged_adapter]
+        if not names:
             return out
-        factors = self.adapters[name]
-        return self._delta_forward(self.dropout(x), factors, out)
+        x = self.dropout(x)
+        for name in dict.fromkeys(names):  # a set listed twice still counts once
+            out = self._delta_forward(x, self.adapters[name], out)
+        return out
 
     # --- merge ---------------------------------------------------------------------------
     @torch.no_grad()
@@ -286,7 +293,7 @@ class AdapterLinear(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"layer_name={self.layer_name!r}, in={self.in_features}, out={self.out_features}, "
-            f"active={self._active_adapter!r}, merged={self.merged_adapter!r}"
+            f"active={self._active_adapter!r}, stacked={list(self.stacked_adapters)}, merged={self.merged_adapter!r}"
         )
 
 

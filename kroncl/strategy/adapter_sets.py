@@ -3,13 +3,18 @@
 The one place that knows the continual-learning *modes*:
 
 - ``sequential``: one adapter set (``stream``) trains through the whole stream.
-- ``per_task`` / ``orthogonal``: experience ``i`` trains a new set ``task<i>``, warm-started
-  from the previous set (lineage ``continued_from``); earlier sets are frozen and stay resident.
-  At evaluation, a batch's task label selects the set trained on that task; a task not trained
-  yet is answered by the newest set (that is what forward transfer measures).
+- ``per_task``: experience ``i`` trains a new set ``task<i>``, warm-started from the previous
+  set (lineage ``continued_from``); earlier sets are frozen and stay resident. At evaluation, a
+  batch's task label selects the set trained on that task; a task not trained yet is answered
+  by the newest set (that is what forward transfer measures).
+- ``orthogonal`` (O-LoRA, arXiv 2310.14152): experience ``i`` trains a *fresh* set ``task<i>``
+  while every earlier set stays active, frozen, summed into the same forward; the model that
+  answers every task — labels known or not — is the sum of all trained sets. Orthogonality of
+  the input factors (the plugin) is what keeps a new set from undoing the earlier ones.
 
 Everything trained in an experience (adapters and the head's dense delta) lives in that set, so
-nothing shared drifts and per-task accuracy on known tasks cannot change after training.
+nothing shared drifts; under ``per_task`` per-task accuracy on known tasks cannot change after
+training.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from kroncl.adapters import (
     inject_adapters,
     set_active_adapter,
     set_requires_grad,
+    set_stacked_adapters,
 )
 from kroncl.config import PER_TASK_MODES
 
@@ -44,7 +50,18 @@ class AdapterSets:
 
     @property
     def per_task(self) -> bool:
+        """A new set per experience (``per_task``, ``orthogonal``)."""
         return self.mode in PER_TASK_MODES
+
+    @property
+    def summed(self) -> bool:
+        """Every trained set answers together (``orthogonal``): nothing is routed by task."""
+        return self.mode == "orthogonal"
+
+    @property
+    def routes_by_task(self) -> bool:
+        """Which set answers depends on the row's task (``per_task``)."""
+        return self.per_task and not self.summed
 
     def name_for(self, experience: int) -> str:
         return f"task{experience}" if self.per_task else "stream"
@@ -66,11 +83,15 @@ class AdapterSets:
         if name not in adapter_names(model):
             if self.current is None:
                 raise RuntimeError(f"no adapter set to warm-start {name!r} from; inject first")
-            add_adapter(model, name, init_from=self.current)
+            # O-LoRA trains each task's set from scratch: a copy would start it inside the
+            # earlier set's subspace, where the orthogonality penalty is at its maximum.
+            add_adapter(model, name, init_from=None if self.summed else self.current)
         for other in adapter_names(model):
             set_requires_grad(model, other, other == name)
         set_active_adapter(model, name)
         self.current = name
+        if self.summed:
+            set_stacked_adapters(model, self.frozen_sets())
         return name
 
     def end_experience(self, task_label: int) -> None:
@@ -81,9 +102,9 @@ class AdapterSets:
     def route(self, task_label: int) -> str:
         """Adapter set that answers for ``task_label``."""
         assert self.current is not None, "inject adapters before routing"
-        if self.per_task:
+        if self.routes_by_task:
             return self.by_task.get(task_label, self.current)
-        return self.current
+        return self.current  # sequential: the one set; orthogonal: current + the stacked sets
 
     def answer_sets(self) -> list[str]:
         """Sets that may answer a row whose task is not known: one per trained task, in training

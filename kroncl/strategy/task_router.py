@@ -45,10 +45,10 @@ class RouterFitter(SupervisedPlugin):
             self.fit(experiences[int(index)])
 
 
-def build_router(task_labels: str, router: str, per_task: bool) -> tuple[TokenCentroidRouter | None, list]:
+def build_router(task_labels: str, router: str, routes_by_task: bool) -> tuple[TokenCentroidRouter | None, list]:
     """(router for the strategy, [its fitting plugin]) when rows are routed by a centroid router;
-    (None, []) when labels are known, the mode has one set, or the entropy router is chosen."""
-    if task_labels != "unknown" or not per_task or router != "centroid":
+    (None, []) when labels are known, the mode does not route by task, or the entropy router is chosen."""
+    if task_labels != "unknown" or not routes_by_task or router != "centroid":
         return None, []
     centroids = TokenCentroidRouter()
     return centroids, [RouterFitter(centroids)]

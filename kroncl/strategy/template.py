@@ -184,7 +184,7 @@ class KronclStrategy(SupervisedTemplate):
         sets = self.adapter_sets
         self.mb_routing = None
         with self._autocast():
-            if not self.is_training and self.task_labels == "unknown" and sets.per_task:
+            if not self.is_training and self.task_labels == "unknown" and sets.routes_by_task:
                 scores, chosen = self._answer_without_labels()
                 self.mb_routing = routing_hits(chosen, self.mb_task_id, sets.by_task)
             else:

@@ -147,13 +147,16 @@ def test_resume_with_plugins_is_accepted_now_that_their_state_is_checkpointed():
     assert settings.resume is True and settings.strategy.plugins == ["replay", "ewc", "lwf"]
 
 
-@pytest.mark.parametrize("mode", ["per_task", "orthogonal"])
-@pytest.mark.parametrize("plugin", ["replay", "ewc"])
-def test_task_routed_modes_refuse_plugins_that_cannot_act(mode, plugin):
+@pytest.mark.parametrize(("mode", "plugin"), [("per_task", "replay"), ("per_task", "ewc"), ("orthogonal", "ewc")])
+def test_modes_with_frozen_task_sets_refuse_plugins_that_cannot_act(mode, plugin):
     errors: list[str] = []
     validate_strategy(StrategyConfig(mode=mode, plugins=[plugin], orthogonal_lambda=1.0), errors)
     assert len(errors) == 1 and f"strategy={mode} cannot use strategy.plugins=[{plugin}]" in errors[0]
-    assert PLUGINS_THAT_CANNOT_ACT[plugin] in errors[0] and "strategy=sequential" in errors[0]
-    errors.clear()
-    validate_strategy(StrategyConfig(mode=mode, plugins=["lwf"], orthogonal_lambda=1.0), errors)
+    assert PLUGINS_THAT_CANNOT_ACT[mode, plugin] in errors[0] and "strategy=sequential" in errors[0]
+
+
+@pytest.mark.parametrize(("mode", "plugins"), [("per_task", ["lwf"]), ("orthogonal", ["replay", "lwf"])])
+def test_plugins_that_can_act_are_accepted(mode, plugins):
+    errors: list[str] = []
+    validate_strategy(StrategyConfig(mode=mode, plugins=plugins, orthogonal_lambda=1.0), errors)
     assert errors == []
