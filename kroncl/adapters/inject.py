@@ -193,13 +193,16 @@ def adapter_names(model: nn.Module) -> list[str]:
     return [n for n in names if all(n in m.adapters for m in layers[1:])]
 
 
-def add_adapter(model: nn.Module, name: str, init_from: str | None = None) -> None:
+def add_adapter(model: nn.Module, name: str, init_from: str | None = None, *, r: int | None = None,
+                alpha: float | None = None) -> None:
     """Add set ``name`` to every adapter layer (a copy of ``init_from`` when given), trainable.
 
-    The active adapter does not change; call :func:`set_active_adapter` to train the new set.
+    ``r``/``alpha`` give the new set its own rank and scale (default: the layers' own); sets
+    with different ones coexist in one model. The active adapter does not change; call
+    :func:`set_active_adapter` to train the new set.
     """
     for m in _layers(model).values():
-        m.add_adapter(name, init_from=init_from)
+        m.add_adapter(name, init_from=init_from, r=r, alpha=alpha)
     set_requires_grad(model, name, True)
 
 
@@ -257,34 +260,43 @@ def adapter_state_dict(model: nn.Module, name: str) -> dict[str, Tensor]:
 
 
 def _layer_hyper(m: AdapterLinear) -> dict[str, object] | None:
-    """The hyper-parameters a layer shares between all its sets (None for dense heads)."""
+    """What a layer fixes for all its sets: the method and Kron factor shape (None for heads).
+    Rank and alpha belong to each set (:meth:`AdapterLinear.set_hyper`)."""
     if isinstance(m, KronLoRALinear):
-        return {"method": "kron", "a_out": m.shape.a_out, "a_in": m.shape.a_in, "r": m.r, "alpha": float(m.alpha)}
+        return {"method": "kron", "a_out": m.shape.a_out, "a_in": m.shape.a_in}
     if isinstance(m, LoRALinear):
-        return {"method": "lora", "r": m.r, "alpha": float(m.alpha)}
+        return {"method": "lora"}
     return None
 
 
-def layer_config_mismatches(layers: dict[str, AdapterLinear], cfg: AdapterConfig) -> list[str]:
-    """One line per hyper-parameter where ``cfg`` (from a file) disagrees with existing layers.
+def layer_config_mismatches(layers: dict[str, AdapterLinear], cfg: AdapterConfig, name: str | None = None) -> list[str]:
+    """One line per hyper-parameter where ``cfg`` (from a file) cannot go into these layers.
 
-    Every set of a layer is scaled by the layer's own ``alpha / r`` and shaped by its own
-    factors, so tensors trained with another alpha would load without a shape error and give
-    a silently wrong ΔW. This is the single check behind every path that adds tensors to
-    layers already in a model: ``io.load_adapter_into``, ``peft_interop.import_peft_lokr`` and
-    ``kroncl.composition.attach_adapters`` (all through :func:`load_adapter_state_dict`).
+    The method and A's shape are the layers' (every set shares them); r and alpha are each
+    set's own, so a file with other ones becomes a new set with its own scale — but tensors
+    for an *existing* set ``name`` must match that set's r and alpha, or they would load
+    without a shape error and give a silently wrong ΔW. This is the single check behind every
+    path that adds tensors to layers already in a model: ``io.load_adapter_into``,
+    ``peft_interop.import_peft_lokr`` and ``kroncl.composition.attach_adapters`` (all through
+    :func:`load_adapter_state_dict`).
     """
     file_hyper = {"method": cfg.method, "a_out": cfg.a_out, "a_in": cfg.a_in, "r": cfg.r, "alpha": float(cfg.alpha)}
     found: dict[str, list[object]] = {}
     for m in layers.values():
         hyper = _layer_hyper(m)
-        for key, value in (hyper or {}).items():
+        if hyper is None:
+            continue
+        if name is not None and name in m.adapters:
+            hyper = {**hyper, **(m.set_hyper(name) or {})}
+        for key, value in hyper.items():
             if value != file_hyper[key] and value not in found.setdefault(key, []):
                 found[key].append(value)
     if "method" in found:  # factor shapes and rank are not comparable across methods
         return [f"method {cfg.method!r} in the file vs {found['method'][0]!r} in the model's layers"]
+    where = {"a_out": "the model's layers", "a_in": "the model's layers",
+             "r": f"the model's set {name!r}", "alpha": f"the model's set {name!r}"}
     return [
-        f"{key} {file_hyper[key]!r} in the file vs {', '.join(repr(v) for v in found[key])} in the model's layers"
+        f"{key} {file_hyper[key]!r} in the file vs {', '.join(repr(v) for v in found[key])} in {where[key]}"
         for key in ("a_out", "a_in", "r", "alpha")
         if found.get(key)
     ]
@@ -306,9 +318,9 @@ def load_adapter_state_dict(
         tensors: keys as produced by :func:`adapter_state_dict`.
         name: adapter set to fill.
         strict: raise when any key is missing or unexpected.
-        config: the config the tensors were trained with; when given, its method, factors,
-            r and alpha must equal the layers' (:func:`layer_config_mismatches`), because the
-            layers apply their own scale to every set.
+        config: the config the tensors were trained with; when given, its method and factor
+            shape must equal the layers', and a new set takes its r and alpha (its own scale);
+            an existing set must have the same r and alpha (:func:`layer_config_mismatches`).
         source: where the tensors come from (a folder), for the error message.
 
     Returns:
@@ -319,18 +331,18 @@ def load_adapter_state_dict(
             missing key, unexpected key and shape mismatch (shape mismatches are errors even
             when ``strict`` is False). Nothing is changed when it is raised.
     """
+    created = name not in adapter_names(model)
     if config is not None:
-        diff = layer_config_mismatches(_layers(model), config)
+        diff = layer_config_mismatches(_layers(model), config, None if created else name)
         if diff:
             origin = f" from {source}" if source else ""
-            raise AdapterLoadError(
-                f"cannot load adapter '{name}'{origin}: {'; '.join(diff)}; the layers scale every set by their "
-                "own alpha / r, so load it into a fresh base model (it is injected with the file's config) "
-                "or use an adapter trained with the model's settings"
-            )
-    created = name not in adapter_names(model)
+            fix = ("load it into a fresh base model (it is injected with the file's config) or use an "
+                   "adapter of the model's method and A shape") if created else (
+                   f"load it under another set name, or delete_adapter(model, {name!r}) first")
+            raise AdapterLoadError(f"cannot load adapter '{name}'{origin}: {'; '.join(diff)}; {fix}")
     if created:
-        add_adapter(model, name)
+        # The set takes the file's own rank and alpha (its scale), whatever the other sets use.
+        add_adapter(model, name, **({"r": config.r, "alpha": config.alpha} if config is not None else {}))
     params = adapter_parameters(model, name)
     missing = sorted(set(params) - set(tensors))
     unexpected = sorted(set(tensors) - set(params))

@@ -366,8 +366,8 @@ def attach_adapter(
     """Put the adapter ``loaded`` into ``model`` as set ``name`` (strictly) and return it.
 
     Injects the adapter layers first when ``model`` has none; otherwise adds set ``name`` to the
-    existing layers (which must match the file's targets and shapes, and its method, factors,
-    r and alpha: the layers scale every set by their own alpha / r).
+    existing layers (which must match the file's targets, method and A shape; the new set takes
+    the file's own r and alpha, so it is scaled by its own alpha / r beside sets with others).
 
     Raises:
         AdapterLoadError: see ``inject.load_adapter_state_dict``.

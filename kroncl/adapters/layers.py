@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kroncl.adapters.math import KronShape, kron_apply, kron_delta, kron_factors, lora_apply, lora_delta
+from kroncl.adapters.math import KronShape, check_rank, kron_apply, kron_delta, kron_factors, lora_apply, lora_delta
 from kroncl.errors import AdapterConfigError, AdapterStateError
 
 __all__ = [
@@ -31,10 +31,14 @@ __all__ = [
 
 
 class KronFactors(nn.Module):
-    """Parameters of one Kron-LoRA adapter set: A (a_out×a_in), B1 (b_out×r, zero), B2 (r×b_in)."""
+    """Parameters of one Kron-LoRA adapter set: A (a_out×a_in), B1 (b_out×r, zero), B2 (r×b_in),
+    and the set's own ``r``, ``alpha`` and ``scale = alpha / r``."""
 
-    def __init__(self, shape: KronShape, r: int, dtype: torch.dtype, device: torch.device | None) -> None:
+    def __init__(self, shape: KronShape, r: int, dtype: torch.dtype, device: torch.device | None,
+                 alpha: float | None = None) -> None:
         super().__init__()
+        self.r, self.alpha = r, float(r if alpha is None else alpha)
+        self.scale = self.alpha / r
         kw = {"dtype": dtype, "device": device}
         self.A = nn.Parameter(torch.empty(shape.a_out, shape.a_in, **kw))
         self.B1 = nn.Parameter(torch.zeros(shape.b_out, r, **kw))
@@ -46,10 +50,14 @@ class KronFactors(nn.Module):
 
 
 class LoRAFactors(nn.Module):
-    """Parameters of one LoRA adapter set: A (r×d_in, kaiming), B (d_out×r, zero)."""
+    """Parameters of one LoRA adapter set: A (r×d_in, kaiming), B (d_out×r, zero), and the set's
+    own ``r``, ``alpha`` and ``scale = alpha / r``."""
 
-    def __init__(self, d_out: int, d_in: int, r: int, dtype: torch.dtype, device: torch.device | None) -> None:
+    def __init__(self, d_out: int, d_in: int, r: int, dtype: torch.dtype, device: torch.device | None,
+                 alpha: float | None = None) -> None:
         super().__init__()
+        self.r, self.alpha = r, float(r if alpha is None else alpha)
+        self.scale = self.alpha / r
         kw = {"dtype": dtype, "device": device}
         self.A = nn.Parameter(torch.empty(r, d_in, **kw))
         self.B = nn.Parameter(torch.zeros(d_out, r, **kw))
@@ -113,7 +121,8 @@ class AdapterLinear(nn.Module):
         w = self.base_layer.weight
         return (w.dtype if w.is_floating_point() else torch.float32), w.device
 
-    def _new_factors(self) -> nn.Module:
+    def _new_factors(self, r: int | None = None, alpha: float | None = None) -> nn.Module:
+        """A fresh set's factors; ``r``/``alpha`` default to the layer's (ignored by dense heads)."""
         raise NotImplementedError
 
     def _delta_forward(self, x: Tensor, factors: nn.Module, out: Tensor) -> Tensor:
@@ -171,8 +180,12 @@ class AdapterLinear(nn.Module):
             )
         self._active_adapter = name
 
-    def add_adapter(self, name: str, init_from: str | None = None) -> None:
+    def add_adapter(self, name: str, init_from: str | None = None, *, r: int | None = None,
+                    alpha: float | None = None) -> None:
         """Create adapter set ``name``, freshly initialised or as a copy of set ``init_from``.
+
+        Each set carries its own ``r``/``alpha`` (and so its own scale): by default the
+        layer's, or those of ``init_from`` when copying; sets with different ones coexist.
 
         Raises:
             AdapterStateError: ``name`` exists already, or ``init_from`` does not exist.
@@ -181,13 +194,21 @@ class AdapterLinear(nn.Module):
             raise AdapterConfigError(f"adapter name {name!r} must be non-empty and contain no '.'")
         if name in self.adapters:
             raise AdapterStateError(f"layer '{self.layer_name}' already has an adapter set '{name}'")
-        factors = self._new_factors()
         if init_from is not None:
             # Warm start: same values, independent storage, so training `name` leaves the
             # source set untouched.
-            factors.load_state_dict(self._factors(init_from).state_dict())
+            source = self._factors(init_from)
+            factors = self._new_factors(getattr(source, "r", None), getattr(source, "alpha", None))
+            factors.load_state_dict(source.state_dict())
+        else:
+            factors = self._new_factors(r, alpha)
         factors.train(self.training)
         self.adapters[name] = factors
+
+    def set_hyper(self, name: str) -> dict[str, float] | None:
+        """``{"r", "alpha"}`` of set ``name`` (None for families without them: dense heads)."""
+        f = self._factors(name)
+        return {"r": f.r, "alpha": f.alpha} if hasattr(f, "alpha") else None
 
     def delete_adapter(self, name: str) -> None:
         """Remove set ``name``; it must not be merged. Deactivates it if it was active."""
@@ -319,22 +340,24 @@ class KronLoRALinear(AdapterLinear):
     ) -> None:
         super().__init__(base_layer, layer_name=layer_name, dropout=dropout)
         self.shape = kron_factors(base_layer.out_features, base_layer.in_features, a_out, a_in, layer=layer_name)
-        self.r = r
+        self.r = r  # defaults for new sets; each set keeps its own (KronFactors.r/alpha/scale)
         self.alpha = alpha
-        self.scale = alpha / r
         self._start(adapter_name)
 
-    def _new_factors(self) -> KronFactors:
+    def _new_factors(self, r: int | None = None, alpha: float | None = None) -> KronFactors:
         dtype, device = self._factor_dtype_device()
-        return KronFactors(self.shape, self.r, dtype, device)
+        r = self.r if r is None else r
+        if r != self.r:
+            check_rank(r, self.shape.b_out, self.shape.b_in, layer=self.layer_name)
+        return KronFactors(self.shape, r, dtype, device, alpha=self.alpha if alpha is None else alpha)
 
     def _delta_forward(self, x: Tensor, f: nn.Module, out: Tensor) -> Tensor:
         x = x.to(f.A.dtype)
-        return kron_apply(x, f.A, f.B1, f.B2, self.scale, out=out.to(f.A.dtype)).to(out.dtype)
+        return kron_apply(x, f.A, f.B1, f.B2, f.scale, out=out.to(f.A.dtype)).to(out.dtype)
 
     def delta_weight(self, name: str) -> Tensor:
         f = self._factors(name)
-        return kron_delta(f.A, f.B1, f.B2, self.scale)
+        return kron_delta(f.A, f.B1, f.B2, f.scale)
 
 
 class LoRALinear(AdapterLinear):
@@ -350,22 +373,25 @@ class LoRALinear(AdapterLinear):
         adapter_name: str | None = "default",
     ) -> None:
         super().__init__(base_layer, layer_name=layer_name, dropout=dropout)
-        self.r = r
+        self.r = r  # defaults for new sets; each set keeps its own (LoRAFactors.r/alpha/scale)
         self.alpha = alpha
-        self.scale = alpha / r
         self._start(adapter_name)
 
-    def _new_factors(self) -> LoRAFactors:
+    def _new_factors(self, r: int | None = None, alpha: float | None = None) -> LoRAFactors:
         dtype, device = self._factor_dtype_device()
-        return LoRAFactors(self.out_features, self.in_features, self.r, dtype, device)
+        r = self.r if r is None else r
+        if r != self.r:
+            check_rank(r, self.out_features, self.in_features, layer=self.layer_name, what="B A")
+        return LoRAFactors(self.out_features, self.in_features, r, dtype, device,
+                           alpha=self.alpha if alpha is None else alpha)
 
     def _delta_forward(self, x: Tensor, f: nn.Module, out: Tensor) -> Tensor:
         x = x.to(f.A.dtype)
-        return lora_apply(x, f.A, f.B, self.scale, out=out.to(f.A.dtype)).to(out.dtype)
+        return lora_apply(x, f.A, f.B, f.scale, out=out.to(f.A.dtype)).to(out.dtype)
 
     def delta_weight(self, name: str) -> Tensor:
         f = self._factors(name)
-        return lora_delta(f.A, f.B, self.scale)
+        return lora_delta(f.A, f.B, f.scale)
 
 
 class DenseDeltaLinear(AdapterLinear):
@@ -381,7 +407,7 @@ class DenseDeltaLinear(AdapterLinear):
         super().__init__(base_layer, layer_name=layer_name, dropout=dropout)
         self._start(adapter_name)
 
-    def _new_factors(self) -> DenseDeltaFactors:
+    def _new_factors(self, r: int | None = None, alpha: float | None = None) -> DenseDeltaFactors:
         dtype, device = self._factor_dtype_device()
         return DenseDeltaFactors(self.out_features, self.in_features, dtype, device)
 

@@ -90,7 +90,8 @@ def export_peft_lokr(
         raise AdapterConfigError(f"only Kron-LoRA layers map to PEFT LoKr; {other} are {type(layers[other[0]]).__name__}")
     if not kron:
         raise AdapterConfigError("model has no Kron-LoRA layers to export")
-    hyper = {(m.shape.a_out, m.shape.a_in, m.r, m.alpha) for m in kron.values()}
+    hyper = {(m.shape.a_out, m.shape.a_in, m.set_hyper(name)["r"], m.set_hyper(name)["alpha"])
+             for m in kron.values()}
     if len(hyper) != 1:
         raise AdapterConfigError(f"PEFT export needs one (a_out, a_in, r, alpha) for all layers, found {sorted(hyper)}")
     a_out, a_in, r, alpha = hyper.pop()

@@ -18,8 +18,9 @@ from kroncl.errors import KronclError
 __all__ = ["ComposeError", "set_name_for", "layer_tensors", "is_head", "check_compatible"]
 
 
-# while training).
-_LAYOUT_FIELDS = ("method", "a_out", "a_in", "r", "alpha", "targets", "head_targets")
+# What resident sets share: the layer type and A's shape are the layers'; r and alpha are each
+# set's own (so sets trained with other ranks or scales can sit side by side).
+_LAYOUT_FIELDS = ("method", "a_out", "a_in", "targets", "head_targets")
 
 
 class ComposeError(KronclError, ValueError):
@@ -65,7 +66,8 @@ def check_compatible(adapters: Mapping[str, LoadedAdapter], *, resident: bool) -
     Args:
         adapters: label (task or version ref, used in messages) -> adapter.
         resident: True when they will live side by side as adapter sets of the same layers:
-            then method, factor shapes, rank, alpha and targets must be identical. False for
+            then method, A's shape and targets must be identical (r and alpha may differ:
+            each set keeps its own scale). False for
             :func:`weighted_sum`, which only needs the same base model and the same adapted
             layers (it may mix Kron-LoRA and LoRA, or different ranks).
 
@@ -98,7 +100,7 @@ def check_compatible(adapters: Mapping[str, LoadedAdapter], *, resident: bool) -
                 shown = ", ".join(f"{k}: {v[1]!r} vs {v[0]!r}" for k, v in diff.items())
                 problems.append(
                     f"{label!r} has a different adapter layout than {first_label!r} ({shown}); "
-                    "resident adapter sets must share method, factor shapes, r, alpha and targets"
+                    "resident adapter sets must share method, A shape and targets"
                 )
         layers = {p: is_head(t) for p, t in layer_tensors(ad.tensors).items()}
         if layers != layers0:

@@ -28,6 +28,7 @@ from kroncl.adapters import (
     load_adapter_into,
     merge_adapter,
     save_adapter,
+    set_active_adapter,
 )
 from kroncl.adapters import io as adapter_io
 from kroncl.adapters.io import CONFIG_NAME, HASH_KEY, WEIGHTS_NAME, file_sha256
@@ -293,42 +294,63 @@ def _save_with(trained, tmp_path, **change):
     return save_adapter(tmp_path / "other", adapter_state_dict(model, "default"), cfg, base_model="tiny-bert")
 
 
-_FIX = (
-    "; the layers scale every set by their own alpha / r, so load it into a fresh base model (it is injected "
-    "with the file's config) or use an adapter trained with the model's settings"
-)
+@pytest.mark.parametrize("change", [{"alpha": 16.0}, {"r": 2}, {"r": 2, "alpha": 3.0}])
+def test_another_r_or_alpha_loads_as_a_set_with_its_own_scale(trained, target, make_bert_mc, batch, tmp_path, change):
+    """Each set carries its own r/alpha: the loaded set answers exactly as the file alone would
+    in a fresh model, and the set already there is untouched."""
+    folder = _save_with(trained, tmp_path, **change)
+    default_before = {k: v.clone() for k, v in adapter_state_dict(target, "default").items()}
+    with torch.no_grad():
+        set_active_adapter(target, "default")
+        default_logits = target(**batch).logits
+    load_adapter_into(target, folder, name="task1")
+    fresh = make_bert_mc(seed=5)
+    load_adapter_into(fresh, folder)
+    with torch.no_grad():
+        set_active_adapter(target, "task1")
+        assert torch.allclose(target(**batch).logits, fresh(**batch).logits, atol=1e-6)
+        set_active_adapter(target, "default")
+        assert torch.equal(target(**batch).logits, default_logits)
+    assert all(torch.equal(v, default_before[k]) for k, v in adapter_state_dict(target, "default").items())
+    merge_adapter(target, "task1")  # the merged weight uses the set's own scale too
+    with torch.no_grad():
+        assert torch.allclose(target(**batch).logits, fresh(**batch).logits, atol=1e-5)
+    layer = adapter_layers(target)["bert.encoder.layer.0.attention.self.query"]
+    want = {"r": change.get("r", CFG.r), "alpha": change.get("alpha", CFG.alpha)}
+    assert layer.set_hyper("task1") == want and layer.set_hyper("default") == {"r": CFG.r, "alpha": CFG.alpha}
 
 
-def test_loading_another_alpha_into_existing_layers_is_refused(trained, target, tmp_path):
+def test_tensors_for_an_existing_set_with_another_alpha_are_refused(trained, target, tmp_path):
     folder = _save_with(trained, tmp_path, alpha=16.0)
     before = snapshot(target)
-    message = f"cannot load adapter 'task1' from {folder}: alpha 16.0 in the file vs 8.0 in the model's layers{_FIX}"
+    message = (f"cannot load adapter 'default' from {folder}: alpha 16.0 in the file vs 8.0 in the model's set "
+               "'default'; load it under another set name, or delete_adapter(model, 'default') first")
     with pytest.raises(AdapterLoadError, match=f"^{re.escape(message)}$"):
+        load_adapter_into(target, folder, name="default")
+    assert_unchanged(target, before)
+
+
+def test_another_kron_a_shape_is_still_refused(trained, target, make_bert_mc, tmp_path):
+    cfg = AdapterConfig(**{**CFG.to_dict(), "a_out": 4, "a_in": 4})
+    source = make_bert_mc()
+    inject_adapters(source, cfg)
+    folder = save_adapter(tmp_path / "a4", adapter_state_dict(source, "default"), cfg, base_model="tiny-bert")
+    before = snapshot(target)
+    with pytest.raises(AdapterLoadError, match="a_out 4 in the file vs 2 in the model's layers; a_in 4 in the file"):
         load_adapter_into(target, folder, name="task1")
     assert_unchanged(target, before)
     assert adapter_names(target) == ["default"]
 
 
-def test_loading_another_r_into_existing_layers_is_refused(trained, target, tmp_path):
-    folder = _save_with(trained, tmp_path, r=2)
-    before = snapshot(target)
-    message = f"cannot load adapter 'task1' from {folder}: r 2 in the file vs 4 in the model's layers{_FIX}"
-    with pytest.raises(AdapterLoadError, match=f"^{re.escape(message)}$"):
-        load_adapter_into(target, folder, name="task1")
-    assert_unchanged(target, before)
-
-
-def test_peft_import_of_another_alpha_into_existing_layers_is_refused(make_bert_mc, randomize, target, tmp_path):
-    source = make_bert_mc()
+def test_peft_import_of_another_alpha_into_existing_layers_adds_a_set(make_bert_mc, randomize, target, batch, tmp_path):
+    source = make_bert_mc(seed=5)
     inject_adapters(source, AdapterConfig(**{**CFG.to_dict(), "alpha": 16.0}))
     randomize(source)
     out = export_peft_lokr(source, "default", tmp_path / "peft")
-    before = snapshot(target)
-    message = f"cannot load adapter 'task1' from {out}: alpha 16.0 in the file vs 8.0 in the model's layers{_FIX}"
-    with pytest.raises(AdapterLoadError, match=f"^{re.escape(message)}$"):
-        import_peft_lokr(target, out, name="task1")
-    assert_unchanged(target, before)
-    assert adapter_names(target) == ["default"]
+    import_peft_lokr(target, out, name="task1")
+    with torch.no_grad():
+        set_active_adapter(target, "task1")
+        assert torch.allclose(target(**batch).logits, source(**batch).logits, atol=1e-6)
 
 
 def test_same_settings_still_load_into_existing_layers(folder, target):
