@@ -88,6 +88,7 @@ class TokenCentroidRouter:
         self.buckets = buckets
         self._sums: dict[int, torch.Tensor] = {}
         self._rows: dict[int, int] = {}
+        self._centroids: torch.Tensor | None = None  # (T, buckets) normalised; reset by fit
 
     @property
     def labels(self) -> list[int]:
@@ -108,14 +109,16 @@ class TokenCentroidRouter:
             rows = self.presence(batch).cpu()
             self._sums[label] = self._sums.get(label, torch.zeros(self.buckets)) + rows.sum(dim=0)
             self._rows[label] = self._rows.get(label, 0) + rows.shape[0]
+        self._centroids = None
 
     def predict(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B,) long: the fitted task label nearest to each row (the first label on ties)."""
         if not self._sums:
             raise ValueError("TokenCentroidRouter.predict before any task was fitted")
         labels = self.labels
-        centroids = torch.stack([self._sums[t] / self._rows[t] for t in labels])  # (T, buckets)
+        if self._centroids is None:  # once per fit, not once per evaluated batch
+            means = torch.stack([self._sums[t] / self._rows[t] for t in labels])  # (T, buckets)
+            self._centroids = torch.nn.functional.normalize(means, dim=1)
         rows = self.presence(batch)
-        sims = torch.nn.functional.normalize(rows, dim=1) @ torch.nn.functional.normalize(
-            centroids.to(rows.device), dim=1).T  # (B, T)
+        sims = torch.nn.functional.normalize(rows, dim=1) @ self._centroids.to(rows.device).T  # (B, T)
         return torch.as_tensor(labels, device=rows.device)[sims.argmax(dim=1)]

@@ -73,9 +73,8 @@ class EpochSelection(SupervisedPlugin):
         sel.val_acc.append(acc)
         if sel.epoch == 0 or acc > sel.best:
             sel.epoch = len(sel.val_acc)
-            backbone = strategy.model.backbone
-            self._best_state = {k: v.detach().clone()
-                                for k, v in adapter_state_dict(backbone, strategy.adapter_sets.current).items()}
+            # adapter_state_dict already returns detached copies.
+            self._best_state = adapter_state_dict(strategy.model.backbone, strategy.adapter_sets.current)
         elif self.patience and len(sel.val_acc) - sel.epoch >= self.patience:
             sel.stopped_early = len(sel.val_acc) < strategy.train_epochs
             strategy.stop_training()
