@@ -6,6 +6,7 @@ One case per option: ``python -m kroncl.run <group>=<option>`` must get past Hyd
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -208,4 +209,14 @@ def test_train_threads_sets_torchs_thread_count_and_auto_takes_a_share_of_the_cp
 def test_negative_train_threads_is_refused_with_the_key_to_change(compose_config):
     cfg = compose_config(["train.threads=-2"])
     with pytest.raises(ConfigError, match=r"train.threads=-2 must be >= 0"):
+        load_settings(OmegaConf.to_container(cfg, resolve=True))
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("eval.task_labels=maybe", "eval.task_labels='maybe' is not one of known, unknown"),
+    ("eval.router=oracle", "eval.router='oracle' is not one of centroid, entropy"),
+])
+def test_bad_eval_settings_name_the_key_and_the_choices(compose_config, override, message):
+    cfg = compose_config([override])
+    with pytest.raises(ConfigError, match=re.escape(message)):
         load_settings(OmegaConf.to_container(cfg, resolve=True))
