@@ -39,7 +39,7 @@ from kroncl.adapters.io import (
     read_adapter,
     save_adapter,
 )
-from kroncl.adapters.routing import routed_forward
+from kroncl.adapters.routing import routed_forward, row_adapters
 from kroncl.adapters.layers import AdapterLinear, DenseDeltaLinear, KronLoRALinear, LoRALinear
 from kroncl.adapters.math import (
     KronShape,
@@ -55,6 +55,7 @@ from kroncl.adapters.peft_interop import export_peft_lokr, import_peft_lokr, rea
 
 __all__ = [
     "routed_forward",
+    "row_adapters",
     "METHODS",
     "AdapterConfig",
     "LoadResult",

@@ -1,8 +1,9 @@
 """Adapted linear layers: one contract (``AdapterLinear``) and three factor families.
 
 An ``AdapterLinear`` wraps a frozen ``nn.Linear`` and holds several *named adapter sets* side by
-side (one per task, say) in ``adapters: nn.ModuleDict``. Exactly one set, or none, is active per
-forward pass, so switching tasks between batches is an attribute change, not a reload.
+side (one per task, say) in ``adapters: nn.ModuleDict``. One set, or none, is active per forward
+pass (switching tasks is an attribute change, not a reload), or each row takes its own set
+(``row_sets``: mixed-task batches in one forward, ``kroncl.adapters.mixed``).
 
 ``delta_weight(name)`` (and ``delta_bias(name)``) is the one primitive under merge, unmerge,
 export and quantisation-error measurement; forward passes use the cheaper factored route.
@@ -11,12 +12,14 @@ export and quantisation-error measurement; forward passes use the cheaper factor
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kroncl.adapters.math import KronShape, check_rank, kron_apply, kron_delta, kron_factors, lora_apply, lora_delta
+from kroncl.adapters.mixed import check_rows, dense_apply_mixed, grouped_apply, kron_apply_mixed, lora_apply_mixed
 from kroncl.errors import AdapterConfigError, AdapterStateError
 
 __all__ = [
@@ -103,6 +106,10 @@ class AdapterLinear(nn.Module):
         self.stacked_adapters: tuple[str, ...] = ()
         """Sets added in forward besides the active one (O-LoRA: every earlier task's set stays
         active, frozen, while the next one trains and at test time)."""
+        self.row_sets: tuple[tuple[str, ...], Tensor, bool] | None = None
+        """Per-row routing, replacing the active set while not None: (set names, (N,) index of
+        each leading row of the input into them (-1: none), fused or grouped); see
+        ``routing.row_adapters``."""
         self.merged_adapter: str | None = None
         # Exact copies of the original base parameters while a set is merged; restoring from
         # these (instead of subtracting ΔW) makes unmerge bit exact.
@@ -127,6 +134,10 @@ class AdapterLinear(nn.Module):
 
     def _delta_forward(self, x: Tensor, factors: nn.Module, out: Tensor) -> Tensor:
         """Return ``out + x @ ΔWᵀ (+ Δbias)`` for one adapter set without building ΔW."""
+        raise NotImplementedError
+
+    def _mixed_delta_forward(self, x: Tensor, factors: list[nn.Module], rows: Tensor, out: Tensor) -> Tensor:
+        """Return ``out + x[n] @ ΔW_{rows[n]}ᵀ`` row by row, in one pass (``kroncl.adapters.mixed``)."""
         raise NotImplementedError
 
     def delta_weight(self, name: str) -> Tensor:
@@ -229,13 +240,19 @@ class AdapterLinear(nn.Module):
     # --- forward -------------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
         out = self.base_layer(x)  # (..., d_out); includes the merged set, if any
-        names = [n for n in (*self.stacked_adapters, self._active_adapter)
+        routed = self.row_sets
+        names = [n for n in (*self.stacked_adapters, None if routed else self._active_adapter)
                  if n is not None and n != self.merged_adapter]
-        if not names:
+        if not names and routed is None:
             return out
         x = self.dropout(x)
         for name in dict.fromkeys(names):  # a set listed twice still counts once
             out = self._delta_forward(x, self.adapters[name], out)
+        if routed is not None:
+            sets, rows, fused = routed
+            check_rows(self.layer_name, x, rows)
+            mixed = self._mixed_delta_forward if fused else partial(grouped_apply, self._delta_forward)
+            out = mixed(x, [self.adapters[n] for n in sets], rows.to(x.device), out)
         return out
 
     # --- merge ---------------------------------------------------------------------------
@@ -312,10 +329,8 @@ class AdapterLinear(nn.Module):
         self.merged_adapter = None
 
     def extra_repr(self) -> str:
-        return (
-            f"layer_name={self.layer_name!r}, in={self.in_features}, out={self.out_features}, "
-            f"active={self._active_adapter!r}, stacked={list(self.stacked_adapters)}, merged={self.merged_adapter!r}"
-        )
+        return (f"layer_name={self.layer_name!r}, in={self.in_features}, out={self.out_features}, "
+                f"active={self._active_adapter!r}, stacked={list(self.stacked_adapters)}, merged={self.merged_adapter!r}")
 
 
 class KronLoRALinear(AdapterLinear):
@@ -355,6 +370,10 @@ class KronLoRALinear(AdapterLinear):
         x = x.to(f.A.dtype)
         return kron_apply(x, f.A, f.B1, f.B2, f.scale, out=out.to(f.A.dtype)).to(out.dtype)
 
+    def _mixed_delta_forward(self, x: Tensor, fs: list[nn.Module], rows: Tensor, out: Tensor) -> Tensor:
+        factors, dtype = [(f.A, f.B1, f.B2, f.scale) for f in fs], fs[0].A.dtype
+        return kron_apply_mixed(x.to(dtype), factors, rows, out.to(dtype)).to(out.dtype)
+
     def delta_weight(self, name: str) -> Tensor:
         f = self._factors(name)
         return kron_delta(f.A, f.B1, f.B2, f.scale)
@@ -389,6 +408,10 @@ class LoRALinear(AdapterLinear):
         x = x.to(f.A.dtype)
         return lora_apply(x, f.A, f.B, f.scale, out=out.to(f.A.dtype)).to(out.dtype)
 
+    def _mixed_delta_forward(self, x: Tensor, fs: list[nn.Module], rows: Tensor, out: Tensor) -> Tensor:
+        dtype = fs[0].A.dtype
+        return lora_apply_mixed(x.to(dtype), [(f.A, f.B, f.scale) for f in fs], rows, out.to(dtype)).to(out.dtype)
+
     def delta_weight(self, name: str) -> Tensor:
         f = self._factors(name)
         return lora_delta(f.A, f.B, f.scale)
@@ -413,6 +436,10 @@ class DenseDeltaLinear(AdapterLinear):
 
     def _delta_forward(self, x: Tensor, f: nn.Module, out: Tensor) -> Tensor:
         return out + F.linear(x.to(f.weight.dtype), f.weight, f.bias).to(out.dtype)
+
+    def _mixed_delta_forward(self, x: Tensor, fs: list[nn.Module], rows: Tensor, out: Tensor) -> Tensor:
+        dtype = fs[0].weight.dtype
+        return dense_apply_mixed(x.to(dtype), [(f.weight, f.bias) for f in fs], rows, out.to(dtype)).to(out.dtype)
 
     def delta_weight(self, name: str) -> Tensor:
         return self._factors(name).weight

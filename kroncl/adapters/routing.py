@@ -1,18 +1,80 @@
 """Routing: score a batch with the adapter set each row's task label selects.
 
 Used by training (the strategy's forward), evaluation and composed inference alike: the one
-place that knows how a batch with several task labels is split over resident adapter sets, and
-how a batch with no task labels is answered (:func:`confident_forward`).
+place that knows how a batch with several task labels is spread over resident adapter sets (in
+one forward: :func:`row_adapters`), and how a batch with no task labels is answered
+(:func:`confident_forward`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
 
-from kroncl.adapters.inject import set_active_adapter
+from kroncl.adapters.inject import adapter_layers, set_active_adapter
+from kroncl.errors import AdapterStateError
+
+
+@contextlib.contextmanager
+def row_adapters(adapted: nn.Module, names: Sequence[str], rows: torch.Tensor,
+                 fused: bool | None = None) -> Iterator[None]:
+    """Within the block, row ``n`` of every adapted layer's input (its leading dimension: one
+    sequence) goes through set ``names[rows[n]]`` (-1: base only) instead of the active set, in
+    one forward (``kroncl.adapters.mixed``): ``fused`` (two GEMMs over all sets' concatenated
+    factors) or grouped (one factored update per set on its rows); None = fused on CUDA, where
+    launches dominate, grouped on CPU, where FLOPs do (``python -m pipelines.bench mixed``).
+
+    Raises:
+        AdapterStateError: no adapter layers; a layer lacks one of ``names``, has a set merged
+            (it would answer for every row) or stacks one of them (it would count twice).
+    """
+    layers = adapter_layers(adapted)
+    if not layers:
+        raise AdapterStateError(f"{type(adapted).__name__} has no adapter layers; call inject_adapters() first")
+    for m in layers.values():
+        for name in names:
+            m._factors(name)
+        if m.merged_adapter is not None:
+            raise AdapterStateError(
+                f"layer '{m.layer_name}' has adapter '{m.merged_adapter}' merged, which would answer for "
+                "every row; call unmerge_adapters(model) before routing rows to their own sets"
+            )
+        if set(names) & set(m.stacked_adapters):
+            raise AdapterStateError(
+                f"layer '{m.layer_name}' stacks {sorted(set(names) & set(m.stacked_adapters))} for every row; "
+                "route rows only to sets that are not stacked"
+            )
+    if fused is None:
+        fused = next(iter(layers.values())).base_layer.weight.is_cuda
+    try:
+        for m in layers.values():
+            m.row_sets = (tuple(names), rows, fused)
+        yield
+    finally:
+        for m in layers.values():
+            m.row_sets = None
+
+
+def sequence_rows(batch: dict[str, torch.Tensor], per_row: torch.Tensor) -> torch.Tensor:
+    """Per-question values repeated for every sequence the model feeds its layers.
+
+    Both model kinds flatten the real choices of a batch, in row-major order of ``choice_mask``,
+    into the leading dimension (``kroncl.models.base`` contract); without a ``choice_mask`` a
+    row is one sequence.
+    """
+    mask = batch.get("choice_mask")
+    if mask is None:
+        return per_row
+    return per_row[:, None].expand(mask.shape)[mask.to(per_row.device)]
+
+
+def _take_rows(batch: dict[str, torch.Tensor], index: torch.Tensor, n_rows: int) -> dict[str, torch.Tensor]:
+    """The rows ``index`` (positions or a bool mask) of every per-question tensor of ``batch``."""
+    return {k: (v[index.to(v.device)] if torch.is_tensor(v) and v.shape[:1] == (n_rows,) else v)
+            for k, v in batch.items()}
 
 
 def routed_forward(
@@ -21,21 +83,37 @@ def routed_forward(
     batch: dict[str, torch.Tensor],
     task_ids: torch.Tensor,
     route: Callable[[int], str],
+    *,
+    mixed: bool = True,
+    fused: bool | None = None,
 ) -> torch.Tensor:
     """Score ``batch`` with the adapter set each example's task label routes to.
 
-    One forward per distinct task in the batch (usually one); the resident sets are switched,
-    never reloaded. Rows keep their order.
+    One forward whatever the tasks: each row through its own set (:func:`row_adapters`); with
+    ``mixed=False``, one forward per distinct set instead (the resident sets are switched, never
+    reloaded), the reference the mixed path is tested and benchmarked against. ``fused`` as in
+    :func:`row_adapters`. Rows keep their order.
     """
     labels = task_ids.unique().tolist()
-    if len(labels) == 1:
-        set_active_adapter(adapted, route(int(labels[0])))
+    names = list(dict.fromkeys(route(int(t)) for t in labels))
+    if len(names) == 1:
+        set_active_adapter(adapted, names[0])
         return model(batch)
+    if mixed:
+        lookup = torch.full((int(max(labels)) + 1,), -1, dtype=torch.long)
+        for t in labels:
+            lookup[int(t)] = names.index(route(int(t)))
+        per_row = lookup[task_ids.cpu()]
+        # Questions sorted by set: each set's sequences are one contiguous run in every layer.
+        order = torch.argsort(per_row, stable=True)
+        sorted_batch = _take_rows(batch, order, task_ids.shape[0])
+        with row_adapters(adapted, names, sequence_rows(sorted_batch, per_row[order]), fused):
+            scores = model(sorted_batch)
+        return scores[torch.argsort(order).to(scores.device)]
     out: torch.Tensor | None = None
     for label in labels:
         rows = task_ids == label
-        sub = {k: (v[rows] if torch.is_tensor(v) and v.shape[:1] == rows.shape else v)
-               for k, v in batch.items()}
+        sub = _take_rows(batch, rows, task_ids.shape[0])
         set_active_adapter(adapted, route(int(label)))
         scores = model(sub)
         if out is None:

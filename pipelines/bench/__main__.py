@@ -1,4 +1,4 @@
-"""``python -m pipelines.bench {adapters,quant,compose} [options]``: dispatch to a benchmark's ``main(argv)``."""
+"""``python -m pipelines.bench {adapters,quant,compose,mixed} [options]``: dispatch to a benchmark's ``main(argv)``."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ COMMANDS = {
     "adapters": ("pipelines.bench.adapters", "time one adapted linear layer: base, LoRA, Kron-LoRA, PEFT LoKr"),
     "quant": ("pipelines.bench.quant", "int8/int4 adapter artifacts: bytes, ΔW error, accuracy drop (Kron vs LoRA)"),
     "compose": ("pipelines.bench.compose", "compose a per-task MiniLM model from the registry: lookup, fetch, load, merge"),
+    "mixed": ("pipelines.bench.mixed", "mixed-task batches over resident adapters: one forward vs one per task"),
 }
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kroncl.adapters import load_adapter
+from kroncl.adapters import load_adapter, routed_forward
 from kroncl.composition import ComposeError, attach_adapters
 from kroncl.models import ModelConfig, build_model
 from pipelines.compose import compose, select_versions
@@ -49,6 +49,21 @@ def test_mixed_batch_routes_every_row_to_its_task(trained, multi, live_scores, m
         live_scores(trained.sets["toy_smaller"], batch),
     )
     assert (scores - expected).abs().max().item() <= ATOL
+
+
+def test_quantized_and_fp32_sets_serve_one_mixed_batch_in_one_forward(trained, make_batch):
+    """An int8 version (dequantized once at load) beside an fp32 one: the one-forward mixed path
+    equals one forward per task."""
+    versions = select_versions(trained.store, [trained.refs["toy_larger@int8"], trained.refs["toy_smaller"]])
+    composed = compose(trained.store, versions).composed
+    model = trained.model
+    feats = [{**model.encode(ex), "task_labels": i % 2}
+             for i, ex in enumerate(trained.splits["toy_larger"].test[:6] + trained.splits["toy_smaller"].test[:6])]
+    batch = model.collate(feats)
+    with torch.no_grad():
+        split = routed_forward(composed.model, composed.model.backbone, batch, batch["task_labels"],
+                               composed.route, mixed=False)
+    assert (composed(batch) - split).abs().max().item() <= ATOL
 
 
 def test_a_batch_without_task_labels_takes_each_rows_most_confident_set(trained, multi, live_scores, make_batch):
