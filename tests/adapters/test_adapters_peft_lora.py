@@ -152,3 +152,51 @@ def test_non_empty_target_folder_is_refused(make_bert_mc, tmp_path):
         export_peft_lora(model, "default", tmp_path / "old.txt")
     with pytest.raises(AdapterConfigError, match="max_rank=0 must be a positive"):
         export_peft_lora(model, "default", tmp_path / "new", max_rank=0)
+
+
+def test_lowrank_truncate_is_exact_at_full_rank_and_optimal_below():
+    from kroncl.adapters.math import lowrank_truncate
+
+    g = torch.Generator().manual_seed(0)
+    up, down = torch.randn(24, 8, generator=g), torch.randn(8, 40, generator=g)
+    dense = up @ down
+    u, d, err = lowrank_truncate(up, down, 8)
+    assert err < 1e-6 and torch.allclose(u @ d, dense, atol=1e-4)
+    u, d, err = lowrank_truncate(up, down, 3)
+    s = torch.linalg.svdvals(dense.double())
+    best = (s[3:].square().sum() / s.square().sum()).sqrt().item()  # Eckart–Young
+    actual = (torch.linalg.norm(dense - u @ d) / torch.linalg.norm(dense)).item()
+    assert u.shape == (24, 3) and d.shape == (3, 40)
+    assert err == pytest.approx(best, rel=1e-6) and actual == pytest.approx(best, rel=1e-4)
+
+
+def test_capped_rank_export_truncates_and_reports_the_error(make_bert_mc, randomize, batch, tmp_path):
+    ours = make_bert_mc()
+    inject_adapters(ours, _cfg("kron2x2", BERT_TARGETS, heads=["classifier"]))  # k = 8, scale 2
+    randomize(ours, "default", seed=7, std=0.2)
+    expected = _bert_logits(ours, batch)
+
+    full = export_peft_lora(ours, "default", tmp_path / "full", max_rank=8)  # the cap is not hit
+    assert full.max_error == 0.0 and full.mean_error == 0.0 and full.max_rank == 8
+    peft_full = PeftModel.from_pretrained(make_bert_mc(), tmp_path / "full").eval()
+    assert _max_diff(_bert_logits(peft_full, batch), expected) <= 1e-5
+
+    capped = export_peft_lora(ours, "default", tmp_path / "capped", max_rank=3)
+    doc = json.loads((tmp_path / "capped" / "adapter_config.json").read_text())
+    assert (doc["r"], doc["lora_alpha"]) == (3, 3.0) and doc["rank_pattern"] == {}  # scale folded into lora_B
+    assert set(capped.ranks.values()) == {3}
+    tensors = load_file(str(tmp_path / "capped" / "adapter_model.safetensors"))
+    assert all(t.shape[0] == 3 for k, t in tensors.items() if k.endswith("lora_A.weight"))
+    assert 0.0 < capped.mean_error <= capped.max_error < 1.0
+    # The reported error is the one PEFT's layers actually carry.
+    peft_capped = PeftModel.from_pretrained(make_bert_mc(), tmp_path / "capped").eval()
+    from kroncl.adapters import adapter_layers
+
+    for path, m in adapter_layers(ours).items():
+        if path not in capped.ranks:
+            continue
+        exact = m.delta_weight("default")
+        got = peft_capped.base_model.model.get_submodule(path).get_delta_weight("default")
+        rel = (torch.linalg.norm(exact - got) / torch.linalg.norm(exact)).item()
+        assert rel == pytest.approx(capped.errors[path], rel=1e-3, abs=1e-6)
+    assert _max_diff(_bert_logits(peft_capped, batch), expected) > 1e-5, "rank 3 < 8 must lose something"
