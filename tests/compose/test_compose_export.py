@@ -1,0 +1,84 @@
+"""``python -m pipelines.compose ... --export peft-lora|peft-lokr|merged DIR`` end to end."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from peft import PeftModel
+
+from kroncl.models import ModelConfig, build_model
+from pipelines.compose import main
+
+
+def _args(trained, *rest):
+    return ["--registry-url", trained.url, "--artifacts", str(trained.artifacts), *rest]
+
+
+@torch.no_grad()
+def _peft_scores(folder, batch):
+    """The tiny base model rebuilt from its config, with PEFT (not kroncl) applying the folder."""
+    model = build_model(ModelConfig(name="tiny", seed=0, max_length=64))
+    model.backbone = PeftModel.from_pretrained(model.backbone, folder).eval()
+    return model(batch)
+
+
+@pytest.mark.parametrize("fmt", ["peft-lora", "peft-lokr"])
+def test_export_loads_in_peft_with_the_live_models_scores(fmt, trained, live_scores, make_batch, tmp_path, capsys):
+    task = "toy_smaller"  # set task1, warm-started from task0 and trained further
+    out = tmp_path / "served"
+    assert main(_args(trained, trained.refs[task], "--export", fmt, str(out), "--json")) == 0
+    export = json.loads(capsys.readouterr().out)["export"]
+    assert export["format"] == fmt and export["exported_from"] == trained.refs[task]
+    doc = json.loads((out / "adapter_config.json").read_text())
+    assert doc["peft_type"] == ("LORA" if fmt == "peft-lora" else "LOKR") and doc["modules_to_save"] == ["classifier"]
+    if fmt == "peft-lora":  # the registry's adapter: a = 2x2, r = 4
+        assert export["max_lora_rank"] == doc["r"] == 8 and export["max_rel_error"] == 0.0
+
+    batch = make_batch(trained.model, trained.splits[task].test[:8], 0)
+    expected = live_scores(trained.sets[task], batch)
+    with torch.no_grad():
+        base = build_model(ModelConfig(name="tiny", seed=0, max_length=64))(batch)
+    assert (base - expected).abs().max().item() > 1e-4, "the adapter must matter"
+    assert (_peft_scores(out, batch) - expected).abs().max().item() <= 1e-5
+
+
+def test_export_text_summary_and_capped_rank(trained, tmp_path, capsys):
+    out = tmp_path / "capped"
+    assert main(_args(trained, trained.refs["toy_larger"], "--export", "peft-lora", str(out), "--max-rank", "3")) == 0
+    text = capsys.readouterr().out
+    assert f"exported peft-lora to {out} (from {trained.refs['toy_larger']}); LoRA rank 3 " in text
+    assert "(serve with max_lora_rank >= 3), truncated: relative error max " in text
+    assert json.loads((out / "adapter_config.json").read_text())["r"] == 3
+
+
+def test_export_merged_writes_the_merged_model(trained, tmp_path, capsys):
+    out = tmp_path / "merged"
+    assert main(_args(trained, trained.refs["toy_larger"], "--export", "merged", str(out), "--json")) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["mode"] == "merged" and summary["export"]["path"] == str(out)
+    assert (out / "compose.json").is_file() and (out / "model" / "config.json").is_file()
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--export", "onnx", "{d}"], "--export 'onnx' is not a format; choose one of ['peft-lora', 'peft-lokr', 'merged']"),
+    (["--export", "peft-lora", "{d}", "--merge"], "--export peft-lora writes the adapter for the unmerged base model"),
+    (["--export", "peft-lokr", "{d}", "--max-rank", "2"], "--max-rank caps the rank of a peft-lora export"),
+    (["--max-rank", "2"], "--max-rank caps the rank of an export; give --export peft-lora DIR too"),
+    (["--export", "peft-lora", "{used}"], "is not empty (has ['old.txt']); give a new or empty folder"),
+])
+def test_bad_export_requests_exit_2_naming_the_fix(extra, message, trained, tmp_path, capsys):
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "old.txt").write_text("x")
+    extra = [e.format(d=tmp_path / "new", used=used) for e in extra]
+    assert main(_args(trained, trained.refs["toy_larger"], *extra)) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+
+
+def test_peft_export_of_several_versions_is_refused(trained, tmp_path, capsys):
+    refs = [trained.refs["toy_larger"], trained.refs["toy_smaller"]]
+    assert main(_args(trained, *refs, "--export", "peft-lora", str(tmp_path / "x"))) == 2
+    assert "writes one adapter, but 2 versions were chosen; export one REF" in capsys.readouterr().err
