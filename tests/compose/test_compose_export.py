@@ -82,3 +82,49 @@ def test_peft_export_of_several_versions_is_refused(trained, tmp_path, capsys):
     refs = [trained.refs["toy_larger"], trained.refs["toy_smaller"]]
     assert main(_args(trained, *refs, "--export", "peft-lora", str(tmp_path / "x"))) == 2
     assert "writes one adapter, but 2 versions were chosen; export one REF" in capsys.readouterr().err
+
+
+def test_decoder_export_end_to_end(tmp_path, capsys):
+    # What vLLM serves: a Llama-family decoder. Register a Kron-LoRA adapter on tiny-llama the way
+    # kroncl.run does, export it through the CLI, and let PEFT apply the folder.
+    from kroncl.adapters import AdapterConfig, adapter_parameters, adapter_state_dict, inject_adapters, save_adapter
+    from kroncl.data import load_task
+    from pipelines.registration import Registrar, base_model_identity
+    from registry import RegistryStore
+
+    node = {"name": "tiny-llama", "seed": 0, "max_length": 64}
+    url = f"sqlite:///{tmp_path / 'registry.db'}"
+    store = RegistryStore(url, tmp_path / "artifacts")
+    ours = build_model(ModelConfig.from_mapping(node))
+    cfg = AdapterConfig(method="kron", a_out=2, a_in=2, r=4, alpha=6.0, targets=["q_proj", "v_proj", "down_proj"])
+    inject_adapters(ours.backbone, cfg)
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for p in adapter_parameters(ours.backbone, "default").values():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    base_name, revision = base_model_identity(ours)
+    store.register_base_model(base_name, revision=revision)
+    registrar = Registrar(store, url, base_name, revision, cfg, "tiny-llama", None, {"model": node, "seed": 0})
+    tensors = adapter_state_dict(ours.backbone, "default")
+    folder = save_adapter(tmp_path / "adapter", tensors, cfg, base_model=base_name, extra={"task": "toy_larger"})
+    ref = registrar.register("toy_larger", folder, bits=32, metrics={}, param_count=1, experience=0)
+    store.close()
+
+    out = tmp_path / "served"
+    assert main(["--registry-url", url, "--artifacts", str(tmp_path / "artifacts"), ref,
+                 "--export", "peft-lora", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["export"]["max_lora_rank"] == 8  # min(2, 2) · 4
+    doc = json.loads((out / "adapter_config.json").read_text())
+    assert sorted(doc["target_modules"]) == ["down_proj", "q_proj", "v_proj"] and doc["modules_to_save"] is None
+
+    ours.eval()
+    rows = load_task("toy_larger", seed=0, max_train=8, max_test=6).test
+    batch = ours.collate([{**ours.encode(ex), "task_labels": 0} for ex in rows])
+    with torch.no_grad():
+        expected = ours(batch)
+        served = build_model(ModelConfig.from_mapping(node))
+        served.backbone = PeftModel.from_pretrained(served.backbone, out).eval()
+        got = served(batch)
+        base = build_model(ModelConfig.from_mapping(node))(batch)
+    assert (base - expected).abs().max().item() > 1e-4, "the adapter must matter"
+    assert (got - expected).abs().max().item() <= 1e-5
