@@ -16,7 +16,7 @@ from kroncl.errors import KronclError
 from pipelines.compose.arithmetic import combine
 from pipelines.compose.build import Composition, compose
 from pipelines.compose.evaluation import EvalResult, evaluate
-from pipelines.compose.export import EXPORT_FORMATS, check_export_request, export_composition
+from pipelines.compose.export import EXPORT_FORMATS, check_export_request, export_composition, register_export
 from pipelines.compose.save import save_composition
 from pipelines.compose.select import open_store, select_versions, why_chosen
 from registry import AdapterVersion, HashMismatch, RegistryError
@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "merged: plain HF model); DIR must be new or empty")
     g.add_argument("--max-rank", type=int, metavar="N", help="with --export peft-lora: truncate layers above rank N "
                    "by SVD (lossy; the relative error per layer is reported)")
+    g.add_argument("--register-export", metavar="NAME", help="with --export peft-lora|peft-lokr: also register the "
+                   "folder as a version of adapter NAME, lineage exported_from the source (composition never "
+                   "picks such versions)")
     g.add_argument("--json", action="store_true", help="print the summary as JSON")
     return p
 
@@ -157,6 +160,8 @@ def format_summary(s: dict[str, Any]) -> str:
                     f"truncated: relative error max {x['max_rel_error']:.2e}, mean {x['mean_rel_error']:.2e}")
             line += f"; LoRA rank {x['max_lora_rank']} (serve with max_lora_rank >= {x['max_lora_rank']}), {loss}"
         lines.append(line)
+        if x.get("registered"):
+            lines.append(f"   registered the export as {x['registered']}; lineage exported_from {x['exported_from']}")
     return "\n".join(lines)
 
 
@@ -178,11 +183,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         fmt, export_dir = args.export or (None, None)
         if fmt is not None:
             check_export_request(fmt, export_dir, n_versions=1 if args.weights is not None else len(versions),
-                                 merge=args.merge, max_rank=args.max_rank)
+                                 merge=args.merge, max_rank=args.max_rank, register_as=args.register_export,
+                                 sources=versions)
         if fmt == "merged" and args.save:
             raise ComposeError("--export merged DIR and --save DIR both write the merged model; give only one")
         if args.max_rank is not None and fmt is None:
             raise ComposeError("--max-rank caps the rank of an export; give --export peft-lora DIR too")
+        if args.register_export and fmt is None:
+            raise ComposeError("--register-export registers an export; give --export peft-lora|peft-lokr DIR too")
         combined = None
         sources = versions
         if args.weights is not None:
@@ -207,6 +215,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 entry["chosen"] = why_chosen(v, args)
         if fmt is not None:  # before --save: a merged save bakes the model in place
             summary["export"] = export_composition(composition, fmt, export_dir, max_rank=args.max_rank)
+            if args.register_export:
+                summary["export"]["registered"] = register_export(
+                    store, composition.versions[0], summary["export"], args.register_export).ref
         if args.save:
             summary["saved"] = str(save_composition(composition, args.save))
         return summary

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -84,18 +85,19 @@ def test_peft_export_of_several_versions_is_refused(trained, tmp_path, capsys):
     assert "writes one adapter, but 2 versions were chosen; export one REF" in capsys.readouterr().err
 
 
-def test_decoder_export_end_to_end(tmp_path, capsys):
-    # What vLLM serves: a Llama-family decoder. Register a Kron-LoRA adapter on tiny-llama the way
-    # kroncl.run does, export it through the CLI, and let PEFT apply the folder.
+LLAMA_NODE = {"name": "tiny-llama", "seed": 0, "max_length": 64}
+
+
+def _llama_registry(root):
+    """A registry holding one random Kron-LoRA adapter on tiny-llama, registered the way kroncl.run
+    does; returns (CLI registry args, the adapter's ref, the live kroncl model)."""
     from kroncl.adapters import AdapterConfig, adapter_parameters, adapter_state_dict, inject_adapters, save_adapter
-    from kroncl.data import load_task
     from pipelines.registration import Registrar, base_model_identity
     from registry import RegistryStore
 
-    node = {"name": "tiny-llama", "seed": 0, "max_length": 64}
-    url = f"sqlite:///{tmp_path / 'registry.db'}"
-    store = RegistryStore(url, tmp_path / "artifacts")
-    ours = build_model(ModelConfig.from_mapping(node))
+    url = f"sqlite:///{root / 'registry.db'}"
+    store = RegistryStore(url, root / "artifacts")
+    ours = build_model(ModelConfig.from_mapping(LLAMA_NODE))
     cfg = AdapterConfig(method="kron", a_out=2, a_in=2, r=4, alpha=6.0, targets=["q_proj", "v_proj", "down_proj"])
     inject_adapters(ours.backbone, cfg)
     g = torch.Generator().manual_seed(2)
@@ -104,27 +106,60 @@ def test_decoder_export_end_to_end(tmp_path, capsys):
             p.copy_(torch.randn(p.shape, generator=g) * 0.2)
     base_name, revision = base_model_identity(ours)
     store.register_base_model(base_name, revision=revision)
-    registrar = Registrar(store, url, base_name, revision, cfg, "tiny-llama", None, {"model": node, "seed": 0})
+    registrar = Registrar(store, url, base_name, revision, cfg, "tiny-llama", None, {"model": LLAMA_NODE, "seed": 0})
     tensors = adapter_state_dict(ours.backbone, "default")
-    folder = save_adapter(tmp_path / "adapter", tensors, cfg, base_model=base_name, extra={"task": "toy_larger"})
+    folder = save_adapter(root / "adapter", tensors, cfg, base_model=base_name, extra={"task": "toy_larger"})
     ref = registrar.register("toy_larger", folder, bits=32, metrics={}, param_count=1, experience=0)
     store.close()
+    return ["--registry-url", url, "--artifacts", str(root / "artifacts")], ref, ours.eval()
 
+
+def test_decoder_export_end_to_end(tmp_path, capsys):
+    # What vLLM serves: a Llama-family decoder. Export a registered Kron-LoRA adapter on tiny-llama
+    # through the CLI and let PEFT apply the folder.
+    from kroncl.data import load_task
+
+    registry_args, ref, ours = _llama_registry(tmp_path)
     out = tmp_path / "served"
-    assert main(["--registry-url", url, "--artifacts", str(tmp_path / "artifacts"), ref,
-                 "--export", "peft-lora", str(out), "--json"]) == 0
+    assert main([*registry_args, ref, "--export", "peft-lora", str(out), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["export"]["max_lora_rank"] == 8  # min(2, 2) · 4
     doc = json.loads((out / "adapter_config.json").read_text())
     assert sorted(doc["target_modules"]) == ["down_proj", "q_proj", "v_proj"] and doc["modules_to_save"] is None
 
-    ours.eval()
     rows = load_task("toy_larger", seed=0, max_train=8, max_test=6).test
     batch = ours.collate([{**ours.encode(ex), "task_labels": 0} for ex in rows])
     with torch.no_grad():
         expected = ours(batch)
-        served = build_model(ModelConfig.from_mapping(node))
+        served = build_model(ModelConfig.from_mapping(LLAMA_NODE))
         served.backbone = PeftModel.from_pretrained(served.backbone, out).eval()
         got = served(batch)
-        base = build_model(ModelConfig.from_mapping(node))(batch)
+        base = build_model(ModelConfig.from_mapping(LLAMA_NODE))(batch)
     assert (base - expected).abs().max().item() > 1e-4, "the adapter must matter"
     assert (got - expected).abs().max().item() <= 1e-5
+
+
+def test_register_export_records_exported_from_and_is_never_composed(tmp_path, capsys):
+    from registry import RegistryStore
+
+    registry_args, ref, _ = _llama_registry(tmp_path)
+    out = tmp_path / "served"
+    assert main([*registry_args, ref, "--export", "peft-lora", str(out), "--register-export", "toy-served"]) == 0
+    assert f"registered the export as toy-served:1; lineage exported_from {ref}" in capsys.readouterr().out
+    store = RegistryStore(registry_args[1], tmp_path / "artifacts")
+    try:
+        v = store.get_version("toy-served:1")
+        assert (v.method, v.r, v.task, v.tags["export_format"]) == ("peft_lora", 8, "toy_larger", "peft-lora")
+        assert [(e.version, e.relation) for e in store.ancestors("toy-served:1")] == [(ref, "exported_from")]
+        assert sorted(Path(store.fetch_artifact("toy-served:1")).iterdir()) != []
+    finally:
+        store.close()
+    # --task never picks the export (it is newer); by ref it is refused, naming the source.
+    assert main([*registry_args, "--task", "toy_larger", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["sets"][0]["version"] == ref
+    assert main([*registry_args, "toy-served:1"]) == 2
+    assert (f"toy-served:1 is a peft-lora export (a folder for PEFT / vLLM), not a kroncl adapter; "
+            f"compose its source {ref} instead") in capsys.readouterr().err
+    # The source's own adapter name would make the export its latest version: refused.
+    assert main([*registry_args, ref, "--export", "peft-lora", str(tmp_path / "x"),
+                 "--register-export", ref.split(":")[0]]) == 2
+    assert "is the source's own adapter" in capsys.readouterr().err
