@@ -200,3 +200,24 @@ def test_capped_rank_export_truncates_and_reports_the_error(make_bert_mc, random
         rel = (torch.linalg.norm(exact - got) / torch.linalg.norm(exact)).item()
         assert rel == pytest.approx(capped.errors[path], rel=1e-3, abs=1e-6)
     assert _max_diff(_bert_logits(peft_capped, batch), expected) > 1e-5, "rank 3 < 8 must lose something"
+
+
+@pytest.mark.parametrize(("config", "rank"), [("kron", 16), ("lora", 8)])
+def test_shipped_adapter_configs_export_at_the_rank_a_server_must_allow(config, rank, make_llama, randomize, tmp_path):
+    # configs/adapter/kron.yaml (a = 2x2, r = 8) -> LoRA rank min(2, 2)·8 = 16; lora.yaml -> 8.
+    from pathlib import Path
+
+    import yaml
+
+    node = yaml.safe_load((Path(__file__).resolve().parents[2] / "configs" / "adapter" / f"{config}.yaml").read_text())
+    node.update(targets=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], head_targets=[])
+    model = make_llama()
+    inject_adapters(model, AdapterConfig.from_dict(node))
+    randomize(model, "default", seed=3, std=0.2)
+    report = export_peft_lora(model, "default", tmp_path)
+    doc = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert report.max_rank == doc["r"] == rank and doc["rank_pattern"] == {}
+    assert doc["lora_alpha"] == pytest.approx(node["alpha"] / node["r"] * rank)
+    batch = _llama_batch()
+    peft_model = PeftModel.from_pretrained(make_llama(), tmp_path).eval()
+    assert _max_diff(_bert_logits(peft_model, batch), _bert_logits(model, batch)) <= 1e-5
