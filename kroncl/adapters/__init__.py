@@ -52,6 +52,7 @@ from kroncl.adapters.math import (
     lora_param_count,
 )
 from kroncl.adapters.peft_interop import export_peft_lokr, import_peft_lokr, read_peft_lokr
+from kroncl.adapters.peft_lora import LoRAExport, export_peft_lora
 
 __all__ = [
     "routed_forward",
@@ -96,4 +97,6 @@ __all__ = [
     "export_peft_lokr",
     "import_peft_lokr",
     "read_peft_lokr",
+    "LoRAExport",
+    "export_peft_lora",
 ]

@@ -27,6 +27,8 @@ __all__ = [
     "kron_delta",
     "kron_apply",
     "kron_param_count",
+    "kron_as_lora",
+    "lowrank_truncate",
     "lora_delta",
     "lora_apply",
     "lora_param_count",
@@ -206,6 +208,32 @@ def kron_param_count(shape: KronShape, r: int) -> int:
     return shape.a_out * shape.a_in + r * (shape.b_out + shape.b_in)
 
 
+def kron_as_lora(A: Tensor, B1: Tensor, B2: Tensor) -> tuple[Tensor, Tensor]:
+    """Exact low-rank factors of a Kronecker update: ``up @ down == kron(A, B1 @ B2)``.
+
+    Uses ``(A ⊗ B1)(I ⊗ B2) = A ⊗ (B1 B2)`` when ``a_in <= a_out`` and
+    ``(I ⊗ B1)(A ⊗ B2)`` otherwise, so the inner dimension is ``min(a_out, a_in) · r``.
+
+    Args:
+        A: (a_out, a_in); B1: (b_out, r); B2: (r, b_in).
+
+    Returns:
+        ``up`` (a_out·b_out, k) and ``down`` (k, a_in·b_in), ``k = min(a_out, a_in)·r``.
+
+    >>> g = torch.Generator().manual_seed(0)
+    >>> A, B1, B2 = torch.randn(3, 2, generator=g), torch.randn(4, 2, generator=g), torch.randn(2, 5, generator=g)
+    >>> up, down = kron_as_lora(A, B1, B2)
+    >>> up.shape, down.shape, torch.allclose(up @ down, torch.kron(A, B1 @ B2), atol=1e-5)
+    (torch.Size([12, 4]), torch.Size([4, 10]), True)
+    """
+    a_out, a_in = A.shape
+    if a_in <= a_out:
+        eye = torch.eye(a_in, dtype=B2.dtype, device=B2.device)
+        return torch.kron(A, B1), torch.kron(eye, B2)  # (a_out b_out, a_in r), (a_in r, a_in b_in)
+    eye = torch.eye(a_out, dtype=B1.dtype, device=B1.device)
+    return torch.kron(eye, B1), torch.kron(A, B2)  # (a_out b_out, a_out r), (a_out r, a_in b_in)
+
+
 def lora_delta(A: Tensor, B: Tensor, scale: float) -> Tensor:
     """Dense LoRA update ``scale · B @ A``: A (r, d_in), B (d_out, r) -> (d_out, d_in)."""
     return (B @ A) * scale
@@ -245,3 +273,40 @@ def lora_param_count(d_out: int, d_in: int, r: int) -> int:
         12288
     """
     return r * (d_out + d_in)
+
+
+def lowrank_truncate(up: Tensor, down: Tensor, k: int) -> tuple[Tensor, Tensor, float]:
+    """Best rank-``k`` factors of ``M = up @ down`` (Eckart–Young) and their relative error.
+
+    ``M`` is never built: with ``up = Q1 R1`` and ``downᵀ = Q2 R2`` (thin QR),
+    ``M = Q1 (R1 R2ᵀ) Q2ᵀ``, so the SVD of the small R × R core gives the SVD of M. Cost
+    O(R²·(d_out + d_in)), not the O(d_out·d_in·min(d)) of an SVD of the dense matrix.
+
+    Args:
+        up: (d_out, R); down: (R, d_in); k: kept rank, 1 <= k.
+
+    Returns:
+        ``(new_up, new_down, rel_err)``: new_up (d_out, k') = U_k S_k, new_down (k', d_in) = V_kᵀ
+        with ``k' = min(k, R)``, and ``‖M - new_up @ new_down‖_F / ‖M‖_F`` (0 for M = 0), from
+        the dropped singular values.
+
+    >>> g = torch.Generator().manual_seed(0)
+    >>> up, down = torch.randn(6, 3, generator=g), torch.randn(3, 5, generator=g)
+    >>> u, d, err = lowrank_truncate(up, down, 3)
+    >>> u.shape, d.shape, torch.allclose(u @ d, up @ down, atol=1e-5), err < 1e-6
+    (torch.Size([6, 3]), torch.Size([3, 5]), True, True)
+    >>> lowrank_truncate(up, down, 1)[0].shape
+    torch.Size([6, 1])
+    """
+    if k < 1:
+        raise AdapterConfigError(f"truncation rank {k} must be at least 1")
+    work = torch.float64  # the singular values of small cores in fp32 lose digits the error needs
+    q1, r1 = torch.linalg.qr(up.to(work))  # (d_out, R), (R, R)
+    q2, r2 = torch.linalg.qr(down.t().to(work))  # (d_in, R), (R, R)
+    u, s, vh = torch.linalg.svd(r1 @ r2.t())  # (R, R), (R,), (R, R)
+    k = min(k, s.numel())
+    total = float(s.square().sum())
+    rel_err = (float(s[k:].square().sum()) / total) ** 0.5 if total > 0 else 0.0
+    new_up = (q1 @ u[:, :k]) * s[:k]  # (d_out, k)
+    new_down = vh[:k] @ q2.t()  # (k, d_in)
+    return new_up.to(up.dtype), new_down.to(down.dtype), rel_err

@@ -40,7 +40,7 @@ from kroncl.adapters.layers import DenseDeltaLinear, KronLoRALinear
 from kroncl.errors import AdapterConfigError, AdapterLoadError
 
 __all__ = ["PEFT_WEIGHTS_NAME", "PEFT_CONFIG_NAME", "PeftLoKrAdapter", "export_peft_lokr", "read_peft_lokr",
-           "import_peft_lokr"]
+           "import_peft_lokr", "check_export_dir", "peft_head_tensors", "write_peft_folder"]
 
 PEFT_WEIGHTS_NAME = "adapter_model.safetensors"
 PEFT_CONFIG_NAME = "adapter_config.json"
@@ -54,6 +54,57 @@ def _head_base(layer: DenseDeltaLinear) -> tuple[Tensor, Tensor | None]:
     if layer.merged_adapter is not None:
         return layer._original_weight, layer._original_bias
     return layer.base_layer.weight, layer.base_layer.bias
+
+
+def check_export_dir(out_dir: str | os.PathLike) -> Path:
+    """``out_dir`` as a Path, refused when it holds files already.
+
+    An export into a used folder would leave stale tensors or configs beside the new ones (a
+    LoKr ``adapter_config.json`` next to LoRA weights loads as garbage), so it must start empty.
+
+    Raises:
+        AdapterConfigError: ``out_dir`` is a file, or a folder that is not empty.
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise AdapterConfigError(f"export target {out} is a file; give a new or empty folder")
+    if out.is_dir() and any(out.iterdir()):
+        have = sorted(p.name for p in out.iterdir())[:5]
+        raise AdapterConfigError(
+            f"export target {out} is not empty (has {have}); give a new or empty folder, or remove its contents"
+        )
+    return out
+
+
+def peft_head_tensors(heads: dict[str, DenseDeltaLinear], name: str) -> dict[str, Tensor]:
+    """PEFT ``modules_to_save`` tensors of set ``name``'s heads: full weight = base + ΔW, bias + Δbias.
+
+    PEFT keeps a whole trainable copy of such a module, so the file holds the head as it acts
+    with the set active, under ``base_model.model.<path>.weight|bias``.
+
+    Raises:
+        AdapterConfigError: a head whose base has no bias but whose set trained a Δbias.
+    """
+    out: dict[str, Tensor] = {}
+    for p, m in heads.items():
+        w, b = _head_base(m)
+        dw, db = m.delta_weight(name), m.delta_bias(name)
+        out[f"{_PREFIX}{p}.weight"] = (w + dw.to(w.dtype)).detach()
+        if b is not None:
+            out[f"{_PREFIX}{p}.bias"] = (b + db.to(b.dtype)).detach()
+        elif db is not None and bool(db.any()):
+            raise AdapterConfigError(f"head '{p}' has no bias in the base model, so its Δbias cannot be exported to PEFT")
+    return out
+
+
+def write_peft_folder(out: Path, tensors: dict[str, Tensor], peft_cfg: object) -> Path:
+    """Write ``adapter_model.safetensors`` and ``adapter_config.json`` (a PEFT config's ``to_dict``)."""
+    doc = {k: (sorted(v) if isinstance(v, set) else v) for k, v in peft_cfg.to_dict().items()}
+    out.mkdir(parents=True, exist_ok=True)
+    flat = {k: v.contiguous().cpu() for k, v in tensors.items()}
+    atomic_write(out / PEFT_WEIGHTS_NAME, lambda f: save_file(flat, f, metadata={"format": "pt"}))
+    atomic_write(out / PEFT_CONFIG_NAME, lambda f: Path(f).write_text(json.dumps(doc, indent=2, sort_keys=True)))
+    return out
 
 
 def export_peft_lokr(
@@ -77,11 +128,13 @@ def export_peft_lokr(
         ``out_dir`` as a Path.
 
     Raises:
-        AdapterConfigError: the model has LoRA layers, layers with different a / r / alpha, or
-            a_out != a_in (PEFT LoKr has one ``decompose_factor`` for both sides).
+        AdapterConfigError: the model has LoRA layers, layers with different a / r / alpha,
+            a_out != a_in (PEFT LoKr has one ``decompose_factor`` for both sides), or
+            ``out_dir`` is not empty.
     """
     from peft import LoKrConfig  # lazy: peft is heavy and only needed for interop
 
+    out = check_export_dir(out_dir)
     layers = adapter_layers(model)
     kron = {p: m for p, m in layers.items() if isinstance(m, KronLoRALinear)}
     heads = {p: m for p, m in layers.items() if isinstance(m, DenseDeltaLinear)}
@@ -111,14 +164,7 @@ def export_peft_lokr(
             tensors[pre + "lokr_w2_b"] = f.B2.detach()
         else:
             tensors[pre + "lokr_w2"] = (f.B1 @ f.B2).detach()
-    for p, m in heads.items():
-        w, b = _head_base(m)
-        dw, db = m.delta_weight(name), m.delta_bias(name)
-        tensors[f"{_PREFIX}{p}.weight"] = (w + dw.to(w.dtype)).detach()
-        if b is not None:
-            tensors[f"{_PREFIX}{p}.bias"] = (b + db.to(b.dtype)).detach()
-        elif db is not None and bool(db.any()):
-            raise AdapterConfigError(f"head '{p}' has no bias in the base model, so its Δbias cannot be exported to PEFT")
+    tensors.update(peft_head_tensors(heads, name))
 
     peft_cfg = LoKrConfig(
         r=r,
@@ -133,13 +179,7 @@ def export_peft_lokr(
         init_weights=True,
         base_model_name_or_path=base_model_name_or_path,
     )
-    doc = {k: (sorted(v) if isinstance(v, set) else v) for k, v in peft_cfg.to_dict().items()}
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    flat = {k: v.contiguous().cpu() for k, v in tensors.items()}
-    atomic_write(out / PEFT_WEIGHTS_NAME, lambda f: save_file(flat, f, metadata={"format": "pt"}))
-    atomic_write(out / PEFT_CONFIG_NAME, lambda f: Path(f).write_text(json.dumps(doc, indent=2, sort_keys=True)))
-    return out
+    return write_peft_folder(out, tensors, peft_cfg)
 
 
 @dataclass

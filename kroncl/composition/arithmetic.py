@@ -25,35 +25,11 @@ import torch
 from torch import Tensor
 
 from kroncl.adapters import AdapterConfig, LoadedAdapter
+# kron_as_lora lives beside the other Kron math (PEFT LoRA export uses it too); re-exported here.
+from kroncl.adapters.math import kron_as_lora
 from kroncl.composition.compatible import ComposeError, check_compatible, is_head, layer_tensors
 
 __all__ = ["kron_as_lora", "lowrank_terms", "weighted_sum"]
-
-
-def kron_as_lora(A: Tensor, B1: Tensor, B2: Tensor) -> tuple[Tensor, Tensor]:
-    """Exact low-rank factors of a Kronecker update: ``up @ down == kron(A, B1 @ B2)``.
-
-    Uses ``(A ⊗ B1)(I ⊗ B2) = A ⊗ (B1 B2)`` when ``a_in <= a_out`` and
-    ``(I ⊗ B1)(A ⊗ B2)`` otherwise, so the inner dimension is ``min(a_out, a_in) · r``.
-
-    Args:
-        A: (a_out, a_in); B1: (b_out, r); B2: (r, b_in).
-
-    Returns:
-        ``up`` (a_out·b_out, k) and ``down`` (k, a_in·b_in), ``k = min(a_out, a_in)·r``.
-
-    >>> g = torch.Generator().manual_seed(0)
-    >>> A, B1, B2 = torch.randn(3, 2, generator=g), torch.randn(4, 2, generator=g), torch.randn(2, 5, generator=g)
-    >>> up, down = kron_as_lora(A, B1, B2)
-    >>> up.shape, down.shape, torch.allclose(up @ down, torch.kron(A, B1 @ B2), atol=1e-5)
-    (torch.Size([12, 4]), torch.Size([4, 10]), True)
-    """
-    a_out, a_in = A.shape
-    if a_in <= a_out:
-        eye = torch.eye(a_in, dtype=B2.dtype, device=B2.device)
-        return torch.kron(A, B1), torch.kron(eye, B2)  # (a_out b_out, a_in r), (a_in r, a_in b_in)
-    eye = torch.eye(a_out, dtype=B1.dtype, device=B1.device)
-    return torch.kron(eye, B1), torch.kron(A, B2)  # (a_out b_out, a_out r), (a_out r, a_in b_in)
 
 
 def lowrank_terms(adapter: LoadedAdapter) -> dict[str, tuple[Tensor, Tensor]]:

@@ -12,6 +12,7 @@ one module per step:
                                                                         build.py (base.py)
     -> [--eval on test sets]                                            evaluation.py
     -> [--save]                                                         save.py
+    -> [--export peft-lora|peft-lokr|merged DIR]                        export.py
     -> summary                                                          cli.py
 
 The base model is rebuilt from ``config.run.model`` of the versions (what ``kroncl.run``
@@ -25,6 +26,7 @@ Examples::
     python -m pipelines.compose --registry-url sqlite:///runs/registry.db tiny-toy_larger-kron:1 --merge
     python -m pipelines.compose --task toy_larger --task toy_smaller --bits 32 --eval
     python -m pipelines.compose A:1 B:1 --weights 0.5,0.5 --name toy-sum --eval
+    python -m pipelines.compose tiny-toy_larger-kron:1 --export peft-lora served/toy_larger
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from pipelines.compose.cli import (
     summary_dict,
 )
 from pipelines.compose.evaluation import EvalResult, evaluate
+from pipelines.compose.export import EXPORT_FORMATS, export_composition
 from pipelines.compose.save import save_composition
 from pipelines.compose.select import (
     newest_for_task,
@@ -65,6 +68,8 @@ __all__ = [
     "combine",
     "evaluate",
     "save_composition",
+    "EXPORT_FORMATS",
+    "export_composition",
     "build_parser",
     "summary_dict",
     "format_summary",

@@ -16,6 +16,7 @@ from kroncl.errors import KronclError
 from pipelines.compose.arithmetic import combine
 from pipelines.compose.build import Composition, compose
 from pipelines.compose.evaluation import EvalResult, evaluate
+from pipelines.compose.export import EXPORT_FORMATS, check_export_request, export_composition, register_export
 from pipelines.compose.save import save_composition
 from pipelines.compose.select import open_store, select_versions, why_chosen
 from registry import AdapterVersion, HashMismatch, RegistryError
@@ -81,6 +82,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-test", type=int, help="test rows per task (default: the run's stream.max_test)")
     g.add_argument("--batch-size", type=int, default=64, help="rows per forward when evaluating")
     g.add_argument("--save", metavar="DIR", help="write the composed model (merged: a plain HF model folder)")
+    g.add_argument("--export", nargs=2, metavar=("FORMAT", "DIR"),
+                   help=f"write the adapter for another tool: FORMAT is one of {', '.join(EXPORT_FORMATS)} "
+                        "(peft-lora: exact standard PEFT LoRA folder, what vLLM --lora-modules NAME=DIR takes; "
+                        "merged: plain HF model); DIR must be new or empty")
+    g.add_argument("--max-rank", type=int, metavar="N", help="with --export peft-lora: truncate layers above rank N "
+                   "by SVD (lossy; the relative error per layer is reported)")
+    g.add_argument("--register-export", metavar="NAME", help="with --export peft-lora|peft-lokr: also register the "
+                   "folder as a version of adapter NAME, lineage exported_from the source (composition never "
+                   "picks such versions)")
     g.add_argument("--json", action="store_true", help="print the summary as JSON")
     return p
 
@@ -108,6 +118,7 @@ def summary_dict(composition: Composition, evals: Sequence[EvalResult], combined
         "eval": [vars(e) for e in evals],
         "timings": composition.timings,
         "saved": str(saved) if saved else None,
+        "export": None,
     }
 
 
@@ -141,6 +152,16 @@ def format_summary(s: dict[str, Any]) -> str:
         lines.append(f"   eval {e['task']}: test {e['rows']} rows, acc={e['acc']:.4f}{ref}")
     if s["saved"]:
         lines.append(f"   saved to {s['saved']}")
+    x = s.get("export")
+    if x:
+        line = f"   exported {x['format']} to {x['path']} (from {x['exported_from']})"
+        if "max_lora_rank" in x:
+            loss = ("exact" if x["max_rel_error"] == 0 else
+                    f"truncated: relative error max {x['max_rel_error']:.2e}, mean {x['mean_rel_error']:.2e}")
+            line += f"; LoRA rank {x['max_lora_rank']} (serve with max_lora_rank >= {x['max_lora_rank']}), {loss}"
+        lines.append(line)
+        if x.get("registered"):
+            lines.append(f"   registered the export as {x['registered']}; lineage exported_from {x['exported_from']}")
     return "\n".join(lines)
 
 
@@ -159,6 +180,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         versions = select_versions(store, args.refs, args.task, bits=args.bits, base_model=args.base_model,
                                    run=args.run)
         select_s = time.perf_counter() - started
+        fmt, export_dir = args.export or (None, None)
+        if fmt is not None:
+            check_export_request(fmt, export_dir, n_versions=1 if args.weights is not None else len(versions),
+                                 merge=args.merge, max_rank=args.max_rank, register_as=args.register_export,
+                                 sources=versions)
+        if fmt == "merged" and args.save:
+            raise ComposeError("--export merged DIR and --save DIR both write the merged model; give only one")
+        if args.max_rank is not None and fmt is None:
+            raise ComposeError("--max-rank caps the rank of an export; give --export peft-lora DIR too")
+        if args.register_export and fmt is None:
+            raise ComposeError("--register-export registers an export; give --export peft-lora|peft-lokr DIR too")
         combined = None
         sources = versions
         if args.weights is not None:
@@ -167,7 +199,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                model=args.model, model_opts=model_opts)
             combine_s = time.perf_counter() - started
             versions = [store.get_version(combined.ref)]
-        composition = compose(store, versions, merge=args.merge, model=args.model, model_opts=model_opts)
+        composition = compose(store, versions, merge=args.merge or fmt == "merged", model=args.model,
+                              model_opts=model_opts)
         composition.timings["lookup"] += select_s
         if combined is not None:
             composition.timings = {"combine": combine_s, **composition.timings}
@@ -180,6 +213,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if combined is None:  # the task-arithmetic line already says where a combined set came from
             for entry, v in zip(summary["sets"], composition.versions):
                 entry["chosen"] = why_chosen(v, args)
+        if fmt is not None:  # before --save: a merged save bakes the model in place
+            summary["export"] = export_composition(composition, fmt, export_dir, max_rank=args.max_rank)
+            if args.register_export:
+                summary["export"]["registered"] = register_export(
+                    store, composition.versions[0], summary["export"], args.register_export).ref
         if args.save:
             summary["saved"] = str(save_composition(composition, args.save))
         return summary

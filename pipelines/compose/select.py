@@ -12,11 +12,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from kroncl.composition import ComposeError
-from registry import AdapterVersion, RegistryStore, parse_ref
+from registry import EXPORTED_FROM, AdapterVersion, RegistryStore, parse_ref
 from registry.db import default_artifact_root, default_url
 from registry.names import RUN_TAG
 
-__all__ = ["open_store", "newest_for_task", "select_versions", "why_chosen"]
+__all__ = ["EXPORT_TAG", "open_store", "newest_for_task", "select_versions", "why_chosen"]
+
+EXPORT_TAG = "export_format"
+"""Tag of versions that are exports (value: the format, e.g. peft-lora): folders for PEFT / vLLM,
+not kroncl adapter files, so composition never picks them (``--register-export`` writes them)."""
 
 
 def open_store(url: str | None = None, artifacts: str | Path | None = None) -> RegistryStore:
@@ -39,6 +43,7 @@ def newest_for_task(
             models and ``base_model`` is None.
     """
     found = store.search_versions(task=task, base_model=base_model, tags={RUN_TAG: run} if run else None)
+    found = [v for v in found if EXPORT_TAG not in v.tags]
     if run and not found:
         raise ComposeError(f"run {run!r} registered no version of task {task!r}; list its versions with "
                            f"python -m registry list --run {run}")
@@ -95,6 +100,11 @@ def select_versions(
             v = store.get_version(ref)
             if bits is not None and v.bits != bits:
                 raise ComposeError(f"{text!r} is {v.ref}, a {v.bits}-bit version, but --bits {bits} was asked")
+        if EXPORT_TAG in v.tags:
+            raise ComposeError(
+                f"{v.ref} is a {v.tags[EXPORT_TAG]} export (a folder for PEFT / vLLM), not a kroncl adapter; "
+                f"compose its source {v.tags.get(EXPORTED_FROM, '?')} instead"
+            )
         out.append(v)
     out += [newest_for_task(store, t, bits=bits, base_model=base_model, run=run) for t in tasks]
     refs_seen = [v.ref for v in out]

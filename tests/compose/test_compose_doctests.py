@@ -6,10 +6,10 @@ import doctest
 
 import pytest
 
-import kroncl.composition.arithmetic
 import kroncl.composition.compatible
 
-MODULES = [kroncl.composition.compatible, kroncl.composition.arithmetic]
+# kron_as_lora's example moved with it to kroncl.adapters.math (run by tests/adapters/test_adapters_doctests.py).
+MODULES = [kroncl.composition.compatible]
 
 
 @pytest.mark.parametrize("module", MODULES, ids=lambda m: m.__name__)
@@ -21,4 +21,4 @@ def test_composition_doctests(module):
 def test_composition_doctests_cover_the_pure_functions():
     finder = doctest.DocTestFinder()
     names = {t.name.rpartition(".")[2] for m in MODULES for t in finder.find(m) if t.examples}
-    assert {"set_name_for", "layer_tensors", "kron_as_lora"} <= names
+    assert {"set_name_for", "layer_tensors"} <= names
