@@ -252,7 +252,7 @@ class AdapterLinear(nn.Module):
             sets, rows, fused = routed
             check_rows(self.layer_name, x, rows)
             mixed = self._mixed_delta_forward if fused else partial(grouped_apply, self._delta_forward)
-            out = mixed(x, [self.adapters[n] for n in sets], rows.to(x.device), out)
+            out = mixed(x, [self.adapters[n] for n in sets], rows, out)
         return out
 
     # --- merge ---------------------------------------------------------------------------

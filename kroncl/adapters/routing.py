@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 from torch import nn
 
-from kroncl.adapters.inject import adapter_layers, set_active_adapter
+from kroncl.adapters.inject import _layers, set_active_adapter
 from kroncl.errors import AdapterStateError
 
 
@@ -31,9 +31,7 @@ def row_adapters(adapted: nn.Module, names: Sequence[str], rows: torch.Tensor,
         AdapterStateError: no adapter layers; a layer lacks one of ``names``, has a set merged
             (it would answer for every row) or stacks one of them (it would count twice).
     """
-    layers = adapter_layers(adapted)
-    if not layers:
-        raise AdapterStateError(f"{type(adapted).__name__} has no adapter layers; call inject_adapters() first")
+    layers = _layers(adapted)  # raises when nothing is injected
     for m in layers.values():
         for name in names:
             m._factors(name)
@@ -47,8 +45,10 @@ def row_adapters(adapted: nn.Module, names: Sequence[str], rows: torch.Tensor,
                 f"layer '{m.layer_name}' stacks {sorted(set(names) & set(m.stacked_adapters))} for every row; "
                 "route rows only to sets that are not stacked"
             )
+    weight = next(iter(layers.values())).base_layer.weight
     if fused is None:
-        fused = next(iter(layers.values())).base_layer.weight.is_cuda
+        fused = weight.is_cuda
+    rows = rows.to(weight.device)  # once here, not in every layer's forward
     try:
         for m in layers.values():
             m.row_sets = (tuple(names), rows, fused)
@@ -95,14 +95,15 @@ def routed_forward(
     :func:`row_adapters`. Rows keep their order.
     """
     labels = task_ids.unique().tolist()
-    names = list(dict.fromkeys(route(int(t)) for t in labels))
+    set_of = {int(t): route(int(t)) for t in labels}
+    names = list(dict.fromkeys(set_of.values()))
     if len(names) == 1:
         set_active_adapter(adapted, names[0])
         return model(batch)
     if mixed:
-        lookup = torch.full((int(max(labels)) + 1,), -1, dtype=torch.long)
-        for t in labels:
-            lookup[int(t)] = names.index(route(int(t)))
+        lookup = torch.full((max(set_of) + 1,), -1, dtype=torch.long)
+        for t, name in set_of.items():
+            lookup[t] = names.index(name)
         per_row = lookup[task_ids.cpu()]
         # Questions sorted by set: each set's sequences are one contiguous run in every layer.
         order = torch.argsort(per_row, stable=True)
@@ -114,7 +115,7 @@ def routed_forward(
     for label in labels:
         rows = task_ids == label
         sub = _take_rows(batch, rows, task_ids.shape[0])
-        set_active_adapter(adapted, route(int(label)))
+        set_active_adapter(adapted, set_of[int(label)])
         scores = model(sub)
         if out is None:
             out = scores.new_empty((task_ids.shape[0], *scores.shape[1:]))
