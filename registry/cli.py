@@ -20,6 +20,7 @@ from registry.db import DEFAULT_URL, ENV_ARTIFACT_ROOT, ENV_URL, default_url
 from registry.entities import AdapterVersion, LineageEntry, VerificationResult
 from registry.errors import InvalidValue, RegistryError
 from registry.gc import DEFAULT_GRACE_S, GcReport
+from registry.mlflow_models import sync_report
 from registry.names import MAX_VERSION_NUMBER, RUN_TAG, parse_ref
 from registry.store import RegistryStore
 from registry.tables import format_metrics, format_table, human_size, to_jsonable
@@ -186,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     ad = sub.add_parser("adapters", parents=[common], help="list adapters")
     ad.add_argument("--task")
     ad.add_argument("--base-model")
+    sm = sub.add_parser("sync-mlflow", parents=[common], help="mirror versions missing from MLflow's Models pages")
+    sm.add_argument("--tracking-uri", required=True, help="the MLflow store the runs log to (e.g. sqlite:///runs/mlflow.db)")
+    sm.add_argument("--experiment", default="kroncl", help="for versions whose MLflow run is gone")
     return p
 
 
@@ -408,6 +412,8 @@ def run(args: argparse.Namespace) -> tuple[Any, str, int]:
                 ),
                 0,
             )
+        if cmd == "sync-mlflow":
+            return sync_report(store, args.tracking_uri, args.experiment)
         raise InvalidValue(f"unknown command {cmd!r}")  # argparse already rejects these
     finally:
         store.close()
