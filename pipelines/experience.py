@@ -25,6 +25,7 @@ from kroncl.strategy.checkpoint import Checkpoint, save_checkpoint
 from kroncl.strategy.plugin_state import plugins_checkpoint_state, restore_plugins_state
 from kroncl.strategy.plugins import AccuracyCollector
 from kroncl.strategy.selection import EpochSelection
+from pipelines.mlflow_mirror import mirror_run_versions
 
 CLOCK_FIELDS = ("train_iterations", "train_exp_counter", "train_exp_epochs", "train_exp_iterations",
                 "train_epoch_iterations", "total_iterations")
@@ -74,6 +75,7 @@ class ExperienceRecorder:
         ref = record.get("quant_ref") or record["fp32_ref"]
         if ref is not None:  # registry=off registers nothing: no tag rather than the text "None"
             self.tracker.set_tags({f"registry.{task}": ref})
+        mirror_run_versions(self.tracker, self.registrar)  # after the registry commit: it cannot lose one
         fault_point("before_checkpoint", exp=index)
         self.checkpoint(index, name, tensors, matrix)
 

@@ -332,11 +332,7 @@ class Tracker:
         return self._matrix_log.log(matrix, out_dir)
 
     def end(self, status: str = "FINISHED") -> None:
-        """Mark the run terminated with ``status`` (FINISHED, FAILED or KILLED); idempotent.
-
-        Raises:
-            ValueError: unknown ``status``.
-        """
+        """Mark the run terminated with ``status`` (FINISHED, FAILED or KILLED, else ValueError); idempotent."""
         if status not in RUN_STATUSES:
             raise ValueError(f"run status {status!r} is not one of {', '.join(RUN_STATUSES)}")
         if not self.enabled or self._ended:
@@ -345,6 +341,10 @@ class Tracker:
         self._append({"event": "end", "status": status, "failures": len(self._failures),
                       "gave_up": self._gave_up})
         self._call("end", lambda: self._get_client().set_terminated(self.run_id, status))
+
+    def with_client(self, operation: str, fn: Callable[[Any], T]) -> T | None:
+        """``fn(MlflowClient)`` under the run's failure policy (reported, never raised): MLflow work beyond the run."""
+        return self._call(operation, lambda: fn(self._get_client()))
 
     # -- internals ------------------------------------------------------------------------
 
