@@ -12,14 +12,14 @@ export and quantisation-error measurement; forward passes use the cheaper factor
 from __future__ import annotations
 
 import math
-from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kroncl.adapters.math import KronShape, check_rank, kron_apply, kron_delta, kron_factors, lora_apply, lora_delta
-from kroncl.adapters.mixed import check_rows, dense_apply_mixed, grouped_apply, kron_apply_mixed, lora_apply_mixed
+from kroncl.adapters.mixed import (RowSets, check_rows, dense_apply_mixed, grouped_apply, kron_apply_mixed,
+                                   lora_apply_mixed)
 from kroncl.errors import AdapterConfigError, AdapterStateError
 
 __all__ = [
@@ -106,10 +106,8 @@ class AdapterLinear(nn.Module):
         self.stacked_adapters: tuple[str, ...] = ()
         """Sets added in forward besides the active one (O-LoRA: every earlier task's set stays
         active, frozen, while the next one trains and at test time)."""
-        self.row_sets: tuple[tuple[str, ...], Tensor, bool] | None = None
-        """Per-row routing, replacing the active set while not None: (set names, (N,) index of
-        each leading row of the input into them (-1: none), fused or grouped); see
-        ``routing.row_adapters``."""
+        self.row_sets: RowSets | None = None
+        """Per-row routing, replacing the active set while not None (``routing.row_adapters``)."""
         self.merged_adapter: str | None = None
         # Exact copies of the original base parameters while a set is merged; restoring from
         # these (instead of subtracting ΔW) makes unmerge bit exact.
@@ -249,10 +247,10 @@ class AdapterLinear(nn.Module):
         for name in dict.fromkeys(names):  # a set listed twice still counts once
             out = self._delta_forward(x, self.adapters[name], out)
         if routed is not None:
-            sets, rows, fused = routed
-            check_rows(self.layer_name, x, rows)
-            mixed = self._mixed_delta_forward if fused else partial(grouped_apply, self._delta_forward)
-            out = mixed(x, [self.adapters[n] for n in sets], rows, out)
+            check_rows(self.layer_name, x, routed.rows)
+            factors = [self.adapters[n] for n in routed.names]
+            out = (self._mixed_delta_forward(x, factors, routed.rows, out) if routed.fused
+                   else grouped_apply(self._delta_forward, x, factors, routed.rows, out, routed.runs))
         return out
 
     # --- merge ---------------------------------------------------------------------------

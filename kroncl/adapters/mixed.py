@@ -28,13 +28,33 @@ Row ``n`` of ``x`` (its leading dimension: one sequence, all its tokens) uses se
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from kroncl.errors import AdapterStateError
 
-__all__ = ["kron_apply_mixed", "lora_apply_mixed", "dense_apply_mixed", "grouped_apply", "check_rows"]
+__all__ = ["RowSets", "row_runs", "kron_apply_mixed", "lora_apply_mixed", "dense_apply_mixed", "grouped_apply",
+           "check_rows"]
+
+
+class RowSets(NamedTuple):
+    """Per-row routing of one forward, set on every adapted layer by ``routing.row_adapters``."""
+
+    names: tuple[str, ...]
+    rows: Tensor
+    """(N,) long: each leading input row's index into ``names``; -1 = base only."""
+    fused: bool
+    runs: tuple[tuple[int, int], ...] | None = None
+    """Grouped form: (set index, row count) per run of equal consecutive ``rows``. The same for
+    every layer of the forward, so computed once (:func:`row_runs`: a host sync on a GPU), not per layer."""
+
+
+def row_runs(row_set: Tensor) -> tuple[tuple[int, int], ...]:
+    """(set index, count) per run of equal consecutive entries of ``row_set``."""
+    sets, counts = torch.unique_consecutive(row_set, return_counts=True)
+    return tuple(zip(sets.tolist(), counts.tolist()))
 
 
 def check_rows(layer_name: str, x: Tensor, row_set: Tensor) -> None:
@@ -47,13 +67,14 @@ def check_rows(layer_name: str, x: Tensor, row_set: Tensor) -> None:
 
 
 def grouped_apply(delta_forward: Callable[[Tensor, object, Tensor], Tensor], x: Tensor,
-                  factors: Sequence[object], row_set: Tensor, out: Tensor) -> Tensor:
+                  factors: Sequence[object], row_set: Tensor, out: Tensor,
+                  runs: Sequence[tuple[int, int]] | None = None) -> Tensor:
     """``delta_forward(x[s:e], factors[k], out[s:e])`` per run of consecutive rows of one set
     ``k``, concatenated: rows sorted by set (``routing.routed_forward`` sorts them) make one
-    run per set, views with no gather, and one copy of ``out`` in all."""
-    sets, counts = torch.unique_consecutive(row_set, return_counts=True)
+    run per set, views with no gather, and one copy of ``out`` in all. ``runs``: ``row_runs(row_set)``
+    when the caller has it already."""
     pieces, start = [], 0
-    for k, n in zip(sets.tolist(), counts.tolist()):
+    for k, n in runs if runs is not None else row_runs(row_set):
         rows = slice(start, start + n)
         pieces.append(out[rows] if k < 0 else delta_forward(x[rows], factors[k], out[rows]))
         start += n

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from kroncl.adapters.inject import _layers, set_active_adapter
+from kroncl.adapters.mixed import RowSets, row_runs
 from kroncl.errors import AdapterStateError
 
 
@@ -49,9 +50,10 @@ def row_adapters(adapted: nn.Module, names: Sequence[str], rows: torch.Tensor,
     if fused is None:
         fused = weight.is_cuda
     rows = rows.to(weight.device)  # once here, not in every layer's forward
+    routed = RowSets(tuple(names), rows, fused, None if fused else row_runs(rows))
     try:
         for m in layers.values():
-            m.row_sets = (tuple(names), rows, fused)
+            m.row_sets = routed
         yield
     finally:
         for m in layers.values():

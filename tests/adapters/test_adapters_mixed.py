@@ -20,6 +20,7 @@ from kroncl.adapters import (
     set_stacked_adapters,
     unmerge_adapters,
 )
+from kroncl.adapters.mixed import RowSets
 from kroncl.errors import AdapterStateError
 from kroncl.models import ModelConfig, build_model
 from kroncl.data.example import MCExample
@@ -65,7 +66,7 @@ def test_layer_rows_take_their_own_set(kind, lead, fused):
         layer.active_adapter = None if k < 0 else SETS[k]
         expected[n] = layer(x[n: n + 1])[0]
     layer.active_adapter = "t1"  # ignored while rows are routed
-    layer.row_sets = (tuple(SETS), rows, fused)
+    layer.row_sets = RowSets(tuple(SETS), rows, fused)
     got = layer(x)
     assert (got - expected).abs().max().item() <= ATOL
     assert rows.tolist().count(-1) and (got[2] - layer.base_layer(x[2])).abs().max().item() <= ATOL
@@ -73,7 +74,7 @@ def test_layer_rows_take_their_own_set(kind, lead, fused):
 
 def test_layer_rows_mismatch_is_a_clear_error():
     layer = _layer("kron")
-    layer.row_sets = (tuple(SETS), torch.tensor([0, 1]), True)
+    layer.row_sets = RowSets(tuple(SETS), torch.tensor([0, 1]), True)
     with pytest.raises(AdapterStateError, match="got 3 input rows but per-row routing for 2"):
         layer(torch.randn(3, 12))
 
@@ -88,7 +89,7 @@ def test_mixed_gradients_equal_the_split_path(fused):
     for mixed in (True, False):
         layer = _layer("kron")
         if mixed:
-            layer.row_sets = (("t0", "t1", "t2"), rows, fused)
+            layer.row_sets = RowSets(("t0", "t1", "t2"), rows, fused)
             loss = layer(x).square().sum()
         else:
             loss = 0
@@ -145,6 +146,19 @@ def test_model_mixed_batch_equals_the_split_path(name, method, labels):
             assert ((mixed - split).abs() <= ATOL * split.abs().clamp(min=1)).all(), fused
     assert (split - other).abs().max().item() > 1e-3  # the sets differ: a wrong route shows
     assert all(m.row_sets is None for m in model.backbone.modules() if hasattr(m, "row_sets"))
+
+
+def test_grouped_routing_finds_the_runs_once_for_every_layer():
+    """The runs of equal set ids are the same in every layer: row_adapters finds them once (a
+    host sync on a GPU) and every layer gets that one tuple; the fused form needs none."""
+    model = _model("tiny", "kron")
+    rows = torch.tensor([0, 0, 1, 1, 1, -1])
+    layers = [m for m in model.backbone.modules() if hasattr(m, "row_sets")]
+    with row_adapters(model.backbone, ["t0", "t1"], rows, fused=False):
+        assert {id(m.row_sets.runs) for m in layers} == {id(layers[0].row_sets.runs)}
+        assert layers[0].row_sets.runs == ((0, 2), (1, 3), (-1, 1))
+    with row_adapters(model.backbone, ["t0", "t1"], rows, fused=True):
+        assert all(m.row_sets.runs is None for m in layers)
 
 
 def test_routing_refuses_merged_and_stacked_sets():
