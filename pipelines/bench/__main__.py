@@ -1,4 +1,4 @@
-"""``python -m pipelines.bench {adapters,quant,compose,mixed} [options]``: dispatch to a benchmark's ``main(argv)``."""
+"""``python -m pipelines.bench {adapters,quant,compose,mixed,train} [options]``: dispatch to a benchmark's ``main(argv)``."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ COMMANDS = {
     "quant": ("pipelines.bench.quant", "int8/int4 adapter artifacts: bytes, ΔW error, accuracy drop (Kron vs LoRA)"),
     "compose": ("pipelines.bench.compose", "compose a per-task MiniLM model from the registry: lookup, fetch, load, merge"),
     "mixed": ("pipelines.bench.mixed", "mixed-task batches over resident adapters: one forward vs one per task"),
+    "train": ("pipelines.bench.train", "a full training step of a whole model: Kron-LoRA vs LoRA-8 vs PEFT LoRA/LoKr"),
 }
 
 
