@@ -36,6 +36,7 @@ _LAZY = {
     "MLflowLogger": "kroncl.tracking.avalanche_logger",
     "plot_accuracy_heatmap": "kroncl.tracking.plots",
     "plot_forgetting_curves": "kroncl.tracking.plots",
+    "forgetting_curves_figure": "kroncl.tracking.plots",
 }
 
 __all__ = [
@@ -45,6 +46,7 @@ __all__ = [
     "TrackingFailure",
     "default_tracking_uri",
     "flatten_config",
+    "forgetting_curves_figure",
     "plot_accuracy_heatmap",
     "plot_forgetting_curves",
     "sanitize_name",
