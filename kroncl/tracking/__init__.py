@@ -6,7 +6,7 @@ Contract for other packages — the pipeline talks only to :class:`Tracker`:
     tracker.start(run_name, tags)                    # -> run id | None
     # or, after a crash: tracker.resume(run_id_from_old_run_json, tags)  # same run, no duplicate steps
     tracker.log_params(flatten_config(config_dict))
-    strategy evaluator loggers: [MLflowLogger(tracker)]   # Avalanche metrics, step = x_plot
+    evaluator loggers: [MLflowLogger(tracker, prefix="avalanche/")]  # step = train iteration (x_plot)
     tracker.log_metrics({"train/loss": 0.3}, step)
     tracker.log_accuracy_matrix(matrix)              # after each experience; idempotent per step
     tracker.log_artifact(path, "adapters")

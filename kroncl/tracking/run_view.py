@@ -47,6 +47,7 @@ def run_description(*, stream: str, tasks: Sequence[str], adapter: str, strategy
     return "\n".join([
         f"**Continual run**: stream `{stream}` ({order}), adapter `{adapter}`, strategy `{strategy}`, "
         f"seed {seed}. Run directory: `{run_dir}`.",
+        *chart,
         "",
         f"- **Forgetting chart**: *Artifacts* → `{CURVES_ARTIFACT}`: every task's accuracy after each "
         "experience in one chart (x = experience index, big dot = the experience that trained the "
@@ -54,7 +55,6 @@ def run_description(*, stream: str, tasks: Sequence[str], adapter: str, strategy
         "- **Final numbers**: `accuracy/metrics.json` (ACC, BWT, FWT, forgetting), the accuracy matrix "
         "in `accuracy/accuracy_matrix.csv` and `accuracy/accuracy_heatmap.png`; the same values are "
         "the metrics `final/*`.",
-        *chart,
         "",
         "Steps: `acc/<task>`, `stream/*`, `predictions/*`, `select/*`, `quant/*`, `routing/*` are "
         "logged at step = experience index (0 = after training on the first task). `stream/bwt`, "
