@@ -57,6 +57,7 @@ from kroncl.strategy.selection import build_selection
 from kroncl.strategy.task_router import build_router
 from kroncl.strategy.template import KronclStrategy, resolve_threads, seed_everything
 from kroncl.tracking import Tracker, flatten_config
+from kroncl.tracking.run_view import DESCRIPTION_TAG, run_description, run_name, strategy_label
 from pipelines.experience import ExperienceRecorder
 from pipelines.registration import Registrar
 from pipelines.run_dir import RunLock, RunRecord, resolve_run_dir
@@ -163,6 +164,11 @@ class Prepared:
     reference: dict[str, ReferenceRates]
     """task -> chance and majority-answer accuracy of its test set (what R's numbers mean)."""
 
+    @property
+    def chance(self) -> dict[str, float]:
+        """task -> chance level of its test set (the dotted lines of the forgetting curves)."""
+        return {task: rates.chance for task, rates in self.reference.items()}
+
 
 def prepare(settings: RunSettings) -> Prepared:
     """Stream (every task checked before anything is trained), model, adapters, benchmark."""
@@ -220,7 +226,7 @@ def run_in(run_dir: Path, settings: RunSettings, resolved: dict[str, Any], recor
     # The registry first: a base model it cannot take is a user error, before any MLflow run.
     registrar = Registrar.from_config(settings, prep.model, prep.adapter_cfg, record.mlflow_run_id,
                                       run_id=record.run_id)
-    tracker = open_tracking(settings, run_dir, record, resolved, prep.param_counts)
+    tracker = open_tracking(settings, run_dir, record, resolved, prep.param_counts, prep.task_names)
     registrar.mlflow_run_id = record.mlflow_run_id
     started = time.perf_counter()
     try:
@@ -245,15 +251,24 @@ def run_in(run_dir: Path, settings: RunSettings, resolved: dict[str, Any], recor
 
 
 def open_tracking(settings: RunSettings, run_dir: Path, record: RunRecord, resolved: dict[str, Any],
-                  param_counts: dict[str, int]) -> Tracker:
-    """A new MLflow run, or the same run again when resuming (its id is in run.json)."""
+                  param_counts: dict[str, int], task_names: list[str]) -> Tracker:
+    """A new MLflow run, or the same run again when resuming (its id is in run.json), named
+    ``"<stream> · <adapter> · <strategy> · seed <n>"`` with a description of what to open."""
     tracker = Tracker.from_config(settings.tracking, run_dir, runs_root=settings.runs_root)
+    what = {"stream": settings.stream.name, "adapter": str(settings.adapter.get("method")),
+            "strategy": strategy_label(settings.strategy.mode, settings.strategy.plugins),
+            "seed": settings.seed}
     tags = {"kroncl.stream": settings.stream.name, "kroncl.run_dir": str(run_dir),
-            "kroncl.run": record.run_id}
+            "kroncl.run_dir_name": run_dir.name, "kroncl.run": record.run_id,
+            **{f"kroncl.{k}": v for k, v in what.items() if k != "stream"}}
+    name = run_name(**what)  # the run directory's (timestamped) name stays the tag kroncl.run_dir_name
     if record.mlflow_run_id is not None:
-        run_id = tracker.resume(record.mlflow_run_id, tags=tags)
+        run_id = tracker.resume(record.mlflow_run_id, tags=tags, run_name=name)
     else:
-        run_id = tracker.start(run_name=run_dir.name, tags=tags)
+        run_id = tracker.start(run_name=name, tags=tags)
+    if run_id is not None:  # the description embeds the forgetting chart by the run's id
+        tracker.set_tags({DESCRIPTION_TAG: run_description(tasks=task_names, run_dir=str(run_dir),
+                                                           run_id=run_id, **what)})
     if run_id != record.mlflow_run_id:
         record.mlflow_run_id = run_id
         record.save(run_dir)
@@ -301,7 +316,7 @@ def finish(run_dir: Path, settings: RunSettings, prep: Prepared, matrix: Accurac
     """Summary files, final metrics, the MLflow run ended and the run marked finished."""
     summary = matrix.summary()
     matrix.save(run_dir / "metrics")
-    tracker.log_accuracy_matrix(matrix)  # idempotent per step; covers resuming after the last checkpoint
+    tracker.log_accuracy_matrix(matrix, chance=prep.chance)  # idempotent per step; covers resuming after the last checkpoint
     # Tracker.log_accuracy_matrix already logged final/{acc,bwt,fwt,forgetting} when the matrix
     # became complete; logging them again would put two points at the same step in MLflow.
     tracker.log_metrics({f"final/{k}": v for k, v in summary.items()

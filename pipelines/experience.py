@@ -71,7 +71,7 @@ class ExperienceRecorder:
         record["routing_acc"] = self.routing_accuracy(index)
         self.produced.append(record)
         matrix.save(self.run_dir / "metrics")
-        self.tracker.log_accuracy_matrix(matrix)
+        self.tracker.log_accuracy_matrix(matrix, chance=self.prep.chance)
         ref = record.get("quant_ref") or record["fp32_ref"]
         if ref is not None:  # registry=off registers nothing: no tag rather than the text "None"
             self.tracker.set_tags({f"registry.{task}": ref})

@@ -6,7 +6,7 @@ Contract for other packages — the pipeline talks only to :class:`Tracker`:
     tracker.start(run_name, tags)                    # -> run id | None
     # or, after a crash: tracker.resume(run_id_from_old_run_json, tags)  # same run, no duplicate steps
     tracker.log_params(flatten_config(config_dict))
-    strategy evaluator loggers: [MLflowLogger(tracker)]   # Avalanche metrics, step = x_plot
+    evaluator loggers: [MLflowLogger(tracker, prefix="avalanche/")]  # step = train iteration (x_plot)
     tracker.log_metrics({"train/loss": 0.3}, step)
     tracker.log_accuracy_matrix(matrix)              # after each experience; idempotent per step
     tracker.log_artifact(path, "adapters")
@@ -36,6 +36,7 @@ _LAZY = {
     "MLflowLogger": "kroncl.tracking.avalanche_logger",
     "plot_accuracy_heatmap": "kroncl.tracking.plots",
     "plot_forgetting_curves": "kroncl.tracking.plots",
+    "forgetting_curves_figure": "kroncl.tracking.plots",
 }
 
 __all__ = [
@@ -45,6 +46,7 @@ __all__ = [
     "TrackingFailure",
     "default_tracking_uri",
     "flatten_config",
+    "forgetting_curves_figure",
     "plot_accuracy_heatmap",
     "plot_forgetting_curves",
     "sanitize_name",

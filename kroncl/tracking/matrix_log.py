@@ -6,6 +6,8 @@ what the matrix *means* in MLflow (which metric at which step), the tracker is h
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,15 +27,16 @@ class AccuracyMatrixLog:
         self.baseline_logged = False
         self.final_logged = False
 
-    def log(self, matrix: AccuracyMatrix, out_dir: Path) -> dict[str, Path]:
-        """Save and plot ``matrix`` into ``out_dir``, log the new metrics, upload the files."""
+    def log(self, matrix: AccuracyMatrix, out_dir: Path, chance: Mapping[str, float] | None = None) -> dict[str, Path]:
+        """Save and plot ``matrix`` into ``out_dir``, log the new metrics, upload the files
+        (``chance``: task -> chance level, drawn in the forgetting curves)."""
         from kroncl.tracking.plots import plot_accuracy_heatmap, plot_forgetting_curves
 
         tracker = self.tracker
         files = dict(matrix.save(out_dir))
         plots = {
             "heatmap_png": (plot_accuracy_heatmap, "accuracy_heatmap.png"),
-            "curves_png": (plot_forgetting_curves, "forgetting_curves.png"),
+            "curves_png": (partial(plot_forgetting_curves, chance=chance), "forgetting_curves.png"),
         }
         for kind, (plot, filename) in plots.items():
             try:

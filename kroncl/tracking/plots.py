@@ -7,6 +7,7 @@ state, so they work in headless jobs and never open a window.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
 
 from matplotlib.figure import Figure
@@ -61,24 +62,23 @@ def plot_accuracy_heatmap(matrix: AccuracyMatrix, path: str | Path, title: str |
     return _save_png(fig, Path(path))
 
 
-def plot_forgetting_curves(matrix: AccuracyMatrix, path: str | Path, title: str | None = None) -> Path:
-    """Accuracy on each task over the stream, one line per task, plus ACC over time.
+def forgetting_curves_figure(matrix: AccuracyMatrix, title: str | None = None,
+                             chance: Mapping[str, float] | None = None) -> Figure:
+    """Every task's accuracy over the stream in one chart (the figure, not saved).
 
-    x = model state: ``before`` (baseline, if measured) then ``after <task>`` for each
-    experience; the point where a task is trained is drawn larger, so the drop after it is
-    its forgetting. The dashed black line is ACC over the tasks seen so far.
+    x = experience index: ``-1`` is ``before`` (baseline, if measured), ``i`` is the model after
+    training on task ``i`` (tick ``"i\\n<task>"``); the point where a task is trained is drawn
+    larger, so the drop after it is its forgetting. The dashed black line is ACC over the tasks
+    seen so far; dotted lines are each task's chance level, when ``chance`` (task -> accuracy of
+    a random pick) is given, one grey line when all tasks share it.
 
-    Args:
-        matrix: the matrix to draw (rows not measured yet are skipped).
-        path: output ``.png`` path.
-        title: figure title; default "Accuracy per task over the stream".
-
-    Returns:
-        ``path`` as a :class:`~pathlib.Path`.
+    Lines of ``fig.axes[0]`` in order: per task its curve and its trained-point marker (when
+    measured), then ACC (when a row is measured), then the chance line(s).
     """
     T = matrix.num_tasks
     fig = Figure(figsize=(max(6.0, 1.1 * T + 3), 4.5))
     ax = fig.add_subplot()
+    colors: dict[str, str] = {}
     for j, name in enumerate(matrix.task_names):
         xs: list[int] = []
         ys: list[float] = []
@@ -91,19 +91,37 @@ def plot_forgetting_curves(matrix: AccuracyMatrix, path: str | Path, title: str 
                 xs.append(i)
                 ys.append(v)
         (line,) = ax.plot(xs, ys, marker="o", markersize=4, label=name)
+        colors[name] = line.get_color()
         if matrix.rows[j][j] is not None:
             ax.plot([j], [matrix.rows[j][j]], marker="o", markersize=9, color=line.get_color())
     over_time = matrix.over_time()
     if over_time:
         ax.plot([r["experience"] for r in over_time], [r["acc"] for r in over_time],
                 linestyle="--", color="black", linewidth=2, label="ACC (tasks seen)")
-    labels = ["before"] + [f"after {t}" for t in matrix.task_names]
-    ax.set_xticks(range(-1, T), labels, rotation=30, ha="right")
+    levels = {t: float(c) for t, c in (chance or {}).items() if t in colors and c is not None}
+    if levels and len({round(c, 6) for c in levels.values()}) == 1:
+        ax.axhline(next(iter(levels.values())), linestyle=":", color="gray", label="chance")
+    else:
+        for name, level in levels.items():
+            ax.axhline(level, linestyle=":", color=colors[name], label=f"chance {name}")
+    labels = ["before"] + [f"{i}\n{t}" for i, t in enumerate(matrix.task_names)]
+    ax.set_xticks(range(-1, T), labels)
     ax.set_xlim(-1.3, T - 0.7)
+    ax.set_xlabel("experience (model after training on that task)")
     ax.set_ylabel("accuracy")
     values = [v for row in [matrix.baseline, *matrix.rows] for v in row if v is not None]
     ax.set_ylim(0.0, 1.02 * max([1.0, *values]))
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize="small")
     ax.set_title(title or "Accuracy per task over the stream")
-    return _save_png(fig, Path(path))
+    return fig
+
+
+def plot_forgetting_curves(matrix: AccuracyMatrix, path: str | Path, title: str | None = None,
+                           chance: Mapping[str, float] | None = None) -> Path:
+    """:func:`forgetting_curves_figure` saved as a PNG at ``path`` (written atomically).
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+    """
+    return _save_png(forgetting_curves_figure(matrix, title, chance), Path(path))

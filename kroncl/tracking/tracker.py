@@ -308,18 +308,18 @@ class Tracker:
 
         self._call("log_artifact", send)
 
-    def log_accuracy_matrix(self, matrix: AccuracyMatrix, directory: str | Path | None = None) -> dict[str, Path]:
+    def log_accuracy_matrix(self, matrix: AccuracyMatrix, directory: str | Path | None = None,
+                            chance: Mapping[str, float] | None = None) -> dict[str, Path]:
         """Save, plot and log the accuracy matrix; safe to call after every experience.
 
         Writes ``accuracy_matrix.json/.csv``, ``metrics.json``, ``accuracy_heatmap.png`` and
-        ``forgetting_curves.png`` to ``directory`` (default ``<run_dir>/tracking/accuracy``)
-        and uploads them under the artifact path ``accuracy``. Metrics, with step = experience
-        index, for each experience not logged by an earlier call:
+        ``forgetting_curves.png`` (every task's curve in one chart, ``chance``: task -> chance
+        level lines) to ``directory`` (default ``<run_dir>/tracking/accuracy``), uploaded under
+        the artifact path ``accuracy``. Metrics, step = experience index, for each new experience:
 
         * ``acc/<task>`` — accuracy on every task after that experience (forgetting curves);
-        * ``stream/acc``, ``stream/bwt``, ``stream/forgetting``, ``stream/fwt`` and
-          ``stream/avalanche_{forgetting,bwt,fwt}`` — :func:`kroncl.metrics.metrics_over_time`
-          (undefined values are not logged);
+        * ``stream/{acc,bwt,forgetting,fwt,avalanche_forgetting,avalanche_bwt,avalanche_fwt}`` —
+          :func:`kroncl.metrics.metrics_over_time` (undefined ones, e.g. BWT at step 0, not logged);
         * once: ``baseline/<task>`` at step 0 and, when the matrix is complete,
           ``final/{acc,bwt,fwt,forgetting}`` at step T-1.
 
@@ -329,7 +329,7 @@ class Tracker:
         if not self.enabled:
             return {}
         out_dir = Path(directory) if directory is not None else self.run_dir / TRACKING_DIR / "accuracy"
-        return self._matrix_log.log(matrix, out_dir)
+        return self._matrix_log.log(matrix, out_dir, chance)
 
     def end(self, status: str = "FINISHED") -> None:
         """Mark the run terminated with ``status`` (FINISHED, FAILED or KILLED, else ValueError); idempotent."""

@@ -36,7 +36,7 @@ def test_run_is_finished_in_the_configured_experiment(int4_run, mlflow_run):
     client, run = mlflow_run
     assert run.info.status == "FINISHED"
     assert client.get_experiment(run.info.experiment_id).name == int4_run.resolved["tracking"]["experiment"]
-    assert run.info.run_name == int4_run.run_dir.name
+    assert run.info.run_name == "toy · kron · sequential · seed 0"  # the run dir is a tag
     assert run.data.tags["kroncl.stream"] == "toy"
     assert run.data.tags["kroncl.run_dir"] == str(int4_run.run_dir)
     # The Tracker's record of the run in the run directory names the same run.

@@ -54,3 +54,39 @@ def test_heatmap_grows_with_the_number_of_tasks(tmp_path: Path):
     rows = [[0.1 * ((i + j) % 10) for j in range(6)] for i in range(6)]
     large = assert_real_png(plot_accuracy_heatmap(AccuracyMatrix(names, rows=rows), tmp_path / "6.png"))
     assert large.width > small.width and large.height > small.height
+
+
+def test_one_chart_holds_every_task_curve_acc_and_chance():
+    """The forgetting chart: one curve per task over the experience index, ACC, one chance line."""
+    from kroncl.tracking import forgetting_curves_figure
+
+    fig = forgetting_curves_figure(AccuracyMatrix(TASKS, baseline=B, rows=R), chance={t: 0.25 for t in TASKS})
+    (ax,) = fig.axes
+    curves = {line.get_label(): line for line in ax.get_lines() if not line.get_label().startswith("_")}
+    assert list(curves) == [*TASKS, "ACC (tasks seen)", "chance"]
+    for j, task in enumerate(TASKS):
+        xs, ys = curves[task].get_data()
+        assert list(xs) == [-1, 0, 1, 2]  # before, then the experience index
+        assert list(ys) == pytest.approx([B[j], *(row[j] for row in R)])
+    assert list(curves["chance"].get_ydata()) == [0.25, 0.25]
+    # integer ticks, named by the task each experience trained
+    assert list(ax.get_xticks()) == [-1, 0, 1, 2]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["before", *(f"{i}\n{t}" for i, t in enumerate(TASKS))]
+    assert ax.get_ylabel() == "accuracy" and "experience" in ax.get_xlabel()
+
+
+def test_chance_levels_that_differ_get_one_line_per_task():
+    from kroncl.tracking import forgetting_curves_figure
+
+    m = AccuracyMatrix(TASKS)
+    m.set_row(0, R[0])
+    fig = forgetting_curves_figure(m, chance={"boolq": 0.5, "piqa": 0.5, "arc_easy": 0.25, "unknown": 0.1})
+    labels = [line.get_label() for line in fig.axes[0].get_lines()]
+    assert [x for x in labels if x.startswith("chance")] == ["chance boolq", "chance piqa", "chance arc_easy"]
+    assert forgetting_curves_figure(m).axes[0].get_lines()[-1].get_label() == "ACC (tasks seen)"  # no chance given
+
+
+def test_png_of_the_chart_with_chance(tmp_path: Path):
+    out = plot_forgetting_curves(AccuracyMatrix(TASKS, baseline=B, rows=R), tmp_path / "c.png",
+                                 chance={t: 0.25 for t in TASKS})
+    assert_real_png(out)
