@@ -3,7 +3,7 @@
 Hydra rejects an unknown config-group value (``quant=nf5``) with its own multi-line message and
 creates the run's output folder under ``paths.runs`` before ``main`` runs, so a bad group value
 or an unusable ``paths.runs`` would never reach :func:`kroncl.config.load_settings`. These
-checks read ``sys.argv`` against the ``configs/`` folder and say, in one line, what to write.
+checks read ``sys.argv`` against the ``kroncl/configs/`` folder and say, in one line, what to write.
 Anything they do not understand (sweeps, interpolations, Hydra flags) is left to Hydra.
 """
 
@@ -16,7 +16,8 @@ from kroncl.config import runs_root_error
 
 __all__ = ["CONFIG_DIR", "group_choices", "argv_problem"]
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+# Inside the package, so a clone and an installed wheel read the same files (package data).
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 # ``group=value``, ``+group=value`` (append) and ``++group=value`` (force); no dots: a group.
 _GROUP_OVERRIDE = re.compile(r"^\+{0,2}(?P<group>[A-Za-z_][A-Za-z0-9_-]*)=(?P<value>.*)$")

@@ -1,4 +1,4 @@
-"""Every shipped config option composes and validates (``configs/<group>/<option>.yaml``).
+"""Every shipped config option composes and validates (``kroncl/configs/<group>/<option>.yaml``).
 
 One case per option: ``python -m kroncl.run <group>=<option>`` must get past Hydra and
 ``kroncl.config.load_settings`` — and the option must select what its file name says.
@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from kroncl.config import load_settings
 from kroncl.errors import ConfigError
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "kroncl" / "configs"
 OPTIONS = sorted(
     (group.name, option.stem)
     for group in CONFIG_DIR.iterdir() if group.is_dir()
