@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+import kroncl
 from kroncl.adapters import (
     AdapterConfig,
     adapter_names,
@@ -249,7 +250,7 @@ def open_tracking(settings: RunSettings, run_dir: Path, record: RunRecord, resol
     """A new MLflow run, or the same run again when resuming (its id is in run.json)."""
     tracker = Tracker.from_config(settings.tracking, run_dir, runs_root=settings.runs_root)
     tags = {"kroncl.stream": settings.stream.name, "kroncl.run_dir": str(run_dir),
-            "kroncl.run": record.run_id}
+            "kroncl.run": record.run_id, "kroncl.version": kroncl.__version__}
     if record.mlflow_run_id is not None:
         run_id = tracker.resume(record.mlflow_run_id, tags=tags)
     else:
@@ -324,7 +325,8 @@ def finish(run_dir: Path, settings: RunSettings, prep: Prepared, matrix: Accurac
         {"summary": summary, "artifacts": produced, "param_counts": prep.param_counts,
          "dropped_rows": prep.dropped_rows,
          "reference": {task: rates.to_dict() for task, rates in prep.reference.items()},
-         "mlflow_run_id": record.mlflow_run_id, "tracking_failures": len(tracker.failures)},
+         "mlflow_run_id": record.mlflow_run_id, "tracking_failures": len(tracker.failures),
+         "kroncl_version": kroncl.__version__},
         indent=2, default=str))
     tracker.end("FINISHED")
     record.mark_finished(run_dir)
