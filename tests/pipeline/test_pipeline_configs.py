@@ -179,6 +179,20 @@ def test_unknown_group_values_are_checked_before_hydra():
         assert argv_problem(ok) is None, ok
 
 
+def test_group_values_from_the_users_config_dir_are_choices_too(tmp_path):
+    # `kroncl-run --config-dir DIR model=mine`: DIR/model/mine.yaml is searched beside the shipped configs.
+    from kroncl.preflight import argv_problem
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "mine.yaml").write_text("name: tiny\n")
+    for args in (["--config-dir", str(tmp_path), "model=mine"], [f"--config-dir={tmp_path}", "model=mine"],
+                 ["-cd", str(tmp_path), "model=tiny"], ["--config-path", str(tmp_path), "model=other"],
+                 ["hydra.searchpath=[file:///x]", "model=other"]):
+        assert argv_problem(args) is None, args
+    assert argv_problem(["model=mine"]).startswith("model=mine is not a choice")
+    assert "mine, minilm" in argv_problem(["-cd", str(tmp_path), "model=minx"])
+
+
 def test_train_threads_sets_torchs_thread_count_and_auto_takes_a_share_of_the_cpus(
         compose_config, monkeypatch, tmp_path):
     import os
