@@ -4,4 +4,10 @@ Library of parts (adapters, data, models, strategy, metrics, quant, tracking); t
 job lives in ``pipelines/`` and is started by ``python -m kroncl.run``.
 """
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    # The installed distribution's version (pyproject.toml), so a wheel and its records agree.
+    __version__ = version("kroncl")
+except PackageNotFoundError:  # a source tree on sys.path that was never installed
+    __version__ = "0+unknown"

@@ -1,6 +1,6 @@
 """Typed run configuration, validated once at the boundary.
 
-Hydra composes YAML from ``configs/``; :func:`validate_config` turns the composed tree into
+Hydra composes YAML from ``kroncl/configs/``; :func:`validate_config` turns the composed tree into
 these dataclasses and reports *every* problem in one :class:`~kroncl.errors.ConfigError`, each
 naming the command-line key to change (``train.lr=...``), so a bad run fails before any model
 is loaded.

@@ -1,4 +1,4 @@
-"""``python -m kroncl.run [overrides...]`` — the main job, configured by Hydra (configs/).
+"""``python -m kroncl.run [overrides...]`` — the main job, configured by Hydra (kroncl/configs/).
 
 Examples::
 
@@ -24,7 +24,7 @@ _SUFFIX = secrets.token_hex(3)
 OmegaConf.register_new_resolver("kroncl_run_suffix", lambda: _SUFFIX, replace=True)
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="config")
+@hydra.main(version_base="1.3", config_path="configs", config_name="config")
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 

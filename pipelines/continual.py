@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+import kroncl
 from kroncl.adapters import (
     AdapterConfig,
     adapter_names,
@@ -259,7 +260,7 @@ def open_tracking(settings: RunSettings, run_dir: Path, record: RunRecord, resol
             "strategy": strategy_label(settings.strategy.mode, settings.strategy.plugins),
             "seed": settings.seed}
     tags = {"kroncl.stream": settings.stream.name, "kroncl.run_dir": str(run_dir),
-            "kroncl.run_dir_name": run_dir.name, "kroncl.run": record.run_id,
+            "kroncl.run_dir_name": run_dir.name, "kroncl.run": record.run_id, "kroncl.version": kroncl.__version__,
             **{f"kroncl.{k}": v for k, v in what.items() if k != "stream"}}
     name = run_name(**what)  # the run directory's (timestamped) name stays the tag kroncl.run_dir_name
     if record.mlflow_run_id is not None:
@@ -339,7 +340,8 @@ def finish(run_dir: Path, settings: RunSettings, prep: Prepared, matrix: Accurac
         {"summary": summary, "artifacts": produced, "param_counts": prep.param_counts,
          "dropped_rows": prep.dropped_rows,
          "reference": {task: rates.to_dict() for task, rates in prep.reference.items()},
-         "mlflow_run_id": record.mlflow_run_id, "tracking_failures": len(tracker.failures)},
+         "mlflow_run_id": record.mlflow_run_id, "tracking_failures": len(tracker.failures),
+         "kroncl_version": kroncl.__version__},
         indent=2, default=str))
     tracker.end("FINISHED")
     record.mark_finished(run_dir)

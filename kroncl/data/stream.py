@@ -1,6 +1,6 @@
 """Streams: an ordered list of tasks, loaded and checked before any training starts.
 
-``configs/stream/*.yaml`` hold the named streams (``arc``, ``commonsense``, ``toy``); any other
+``kroncl/configs/stream/*.yaml`` hold the named streams (``arc``, ``commonsense``, ``toy``); any other
 stream is a list of task names (``stream.tasks=[piqa,arc_easy]``). :func:`build_stream` first
 resolves the source of every task and reports every task it cannot reach in one error (with the
 three ways out), then loads them all, again reporting all failures together.

@@ -204,12 +204,12 @@ def test_capped_rank_export_truncates_and_reports_the_error(make_bert_mc, random
 
 @pytest.mark.parametrize(("config", "rank"), [("kron", 16), ("lora", 8)])
 def test_shipped_adapter_configs_export_at_the_rank_a_server_must_allow(config, rank, make_llama, randomize, tmp_path):
-    # configs/adapter/kron.yaml (a = 2x2, r = 8) -> LoRA rank min(2, 2)·8 = 16; lora.yaml -> 8.
+    # kroncl/configs/adapter/kron.yaml (a = 2x2, r = 8) -> LoRA rank min(2, 2)·8 = 16; lora.yaml -> 8.
     from pathlib import Path
 
     import yaml
 
-    node = yaml.safe_load((Path(__file__).resolve().parents[2] / "configs" / "adapter" / f"{config}.yaml").read_text())
+    node = yaml.safe_load((Path(__file__).resolve().parents[2] / "kroncl" / "configs" / "adapter" / f"{config}.yaml").read_text())
     node.update(targets=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], head_targets=[])
     model = make_llama()
     inject_adapters(model, AdapterConfig.from_dict(node))

@@ -12,7 +12,7 @@ from kroncl.data import DataError, StreamConfig, TaskUnavailableError, build_str
 from kroncl.data.hub import hub_unreachable_reason
 from kroncl.data.toy import toy_examples
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "stream"
+CONFIGS = Path(__file__).resolve().parents[2] / "kroncl" / "configs" / "stream"
 
 
 # ---- failing fast without the hub -------------------------------------------------------

@@ -24,7 +24,7 @@ from kroncl.models import (
 from kroncl.models.build import head_modules_from_missing
 from kroncl.models.tiny import minilm_tokenizer, tiny_bpe_tokenizer, tiny_decoder
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "model"
+CONFIGS = Path(__file__).resolve().parents[2] / "kroncl" / "configs" / "model"
 TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
 
 

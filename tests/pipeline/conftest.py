@@ -1,6 +1,6 @@
 """Real end-to-end runs of the main job, shared by the tests of tests/pipeline.
 
-Each run composes the shipped Hydra configs (``configs/``) with the compose API, exactly as
+Each run composes the shipped Hydra configs (``kroncl/configs/``) with the compose API, exactly as
 ``python -m kroncl.run`` would, and calls :func:`pipelines.continual.run` in-process on the
 tiny random model and the generated toy stream (48 train / 24 test rows per task, 1 epoch):
 seconds per run. Runs are session-scoped: several test files read the same run back.
@@ -27,7 +27,7 @@ import pytest
 from omegaconf import DictConfig, OmegaConf
 
 REPO = Path(__file__).resolve().parents[2]
-CONFIG_DIR = REPO / "configs"
+CONFIG_DIR = REPO / "kroncl" / "configs"
 SMALL = (
     "stream=toy",
     "model=tiny",

@@ -1,4 +1,4 @@
-"""Every shipped config option composes and validates (``configs/<group>/<option>.yaml``).
+"""Every shipped config option composes and validates (``kroncl/configs/<group>/<option>.yaml``).
 
 One case per option: ``python -m kroncl.run <group>=<option>`` must get past Hydra and
 ``kroncl.config.load_settings`` — and the option must select what its file name says.
@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from kroncl.config import load_settings
 from kroncl.errors import ConfigError
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "kroncl" / "configs"
 OPTIONS = sorted(
     (group.name, option.stem)
     for group in CONFIG_DIR.iterdir() if group.is_dir()
@@ -177,6 +177,20 @@ def test_unknown_group_values_are_checked_before_hydra():
     for ok in (["quant.scheme=nf5"], ["quant=choice(int4,int8)"], ["quant=${oc.env:Q}"], ["--cfg", "job"],
                ["quant=nf4", "model='tiny-llama'", "+model=custom"], ["hydra/job_logging=stdout"]):
         assert argv_problem(ok) is None, ok
+
+
+def test_group_values_from_the_users_config_dir_are_choices_too(tmp_path):
+    # `kroncl-run --config-dir DIR model=mine`: DIR/model/mine.yaml is searched beside the shipped configs.
+    from kroncl.preflight import argv_problem
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "mine.yaml").write_text("name: tiny\n")
+    for args in (["--config-dir", str(tmp_path), "model=mine"], [f"--config-dir={tmp_path}", "model=mine"],
+                 ["-cd", str(tmp_path), "model=tiny"], ["--config-path", str(tmp_path), "model=other"],
+                 ["hydra.searchpath=[file:///x]", "model=other"]):
+        assert argv_problem(args) is None, args
+    assert argv_problem(["model=mine"]).startswith("model=mine is not a choice")
+    assert "mine, minilm" in argv_problem(["-cd", str(tmp_path), "model=minx"])
 
 
 def test_train_threads_sets_torchs_thread_count_and_auto_takes_a_share_of_the_cpus(

@@ -39,6 +39,9 @@ def test_run_is_finished_in_the_configured_experiment(int4_run, mlflow_run):
     assert run.info.run_name == "toy · kron · sequential · seed 0"  # the run dir is a tag
     assert run.data.tags["kroncl.stream"] == "toy"
     assert run.data.tags["kroncl.run_dir"] == str(int4_run.run_dir)
+    import kroncl
+
+    assert run.data.tags["kroncl.version"] == kroncl.__version__ != "0+unknown"  # installed: a real version
     # The Tracker's record of the run in the run directory names the same run.
     info = json.loads((int4_run.run_dir / "tracking" / "run.json").read_text())
     assert info["run_id"] == run.info.run_id

@@ -140,7 +140,7 @@ def test_resume_with_plugins_is_accepted_now_that_their_state_is_checkpointed():
 
     from kroncl.config import load_settings
 
-    configs = Path(__file__).resolve().parents[2] / "configs"
+    configs = Path(__file__).resolve().parents[2] / "kroncl" / "configs"
     with initialize_config_dir(config_dir=str(configs), version_base="1.3"):
         cfg = compose("config", overrides=["resume=true", "strategy.plugins=[replay,ewc,lwf]"])
     settings = load_settings(OmegaConf.to_container(cfg, resolve=True))
