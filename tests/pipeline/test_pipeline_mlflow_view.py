@@ -76,13 +76,14 @@ def test_every_metric_is_an_experience_step_or_under_the_avalanche_prefix(mlflow
     iteration_steps = {s for k in avalanche for s in steps(client, run_id, k)}
     assert max(iteration_steps) > T - 1  # iterations, not experiences: kept apart by the prefix
     families = {k.split("/")[0] for k in keys if not k.startswith("avalanche/")}
-    assert families == {"acc", "stream", "predictions", "select", "quant", "baseline", "final", "reference", "val"}
+    assert families == {"acc", "stream", "predictions", "select", "quant", "baseline", "final", "reference", "val",
+                        "registered"}
     for key in keys:
         if key.startswith(("acc/", "predictions/", "stream/acc", "stream/avalanche_")):
             assert steps(client, run_id, key) == list(range(T)), key
         elif key.startswith(("stream/bwt", "stream/fwt", "stream/forgetting")):
             assert steps(client, run_id, key) == list(range(1, T)), key  # defined once two tasks are seen
-        elif key.startswith(("select/", "quant/")):
+        elif key.startswith(("select/", "quant/", "registered/")):  # registered/: the LoggedModels' metrics
             task = key.split("/")[1]
             assert steps(client, run_id, key) == [TASKS.index(task)], key
         elif key.startswith("final/"):
