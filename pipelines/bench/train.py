@@ -180,6 +180,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--max-length", type=int, help="tokens per sequence (default per model, else 128)")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: timed in process CPU time)")
+    p.add_argument("--loop", action="store_true",
+                   help="also time kroncl's strategy loop against a bare PyTorch loop (pipelines/bench/train_loop.py)")
+    p.add_argument("--stream", default="toy", help="--loop: the stream whose first experience is trained")
+    p.add_argument("--max-train", type=int, default=64, help="--loop: training rows of that experience")
+    p.add_argument("--data-dir", help="--loop: data.dir= for a real stream (default: the config's)")
     args = p.parse_args(argv)
     if args.rounds < 1 or args.choices < 2 or (args.rows is not None and args.rows < 1):
         p.error(f"--rounds {args.rounds} must be >= 1, --choices {args.choices} >= 2, --rows >= 1")
@@ -189,4 +194,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows, _, length = DEFAULT_SHAPE.get(model_name, (8, 4, 128))
         res = run(model_name, args.variants, args.rows or rows, args.choices, args.max_length or length, args.rounds)
         print(format_result(res), flush=True)
+        if args.loop:
+            from pipelines.bench.train_loop import format_overhead, loop_overhead
+
+            overrides = [f"model={model_name}", f"stream={args.stream}", f"stream.max_train={args.max_train}",
+                         f"model.max_length={args.max_length or length}", f"train.batch_size={args.rows or rows}",
+                         f"train.threads={args.threads}", *([f"data.dir={args.data_dir}"] if args.data_dir else [])]
+            print(format_overhead(loop_overhead(overrides, args.rounds)), flush=True)
     return 0

@@ -50,3 +50,10 @@ def test_unknown_variant_is_named_with_the_choices(capsys):
         main(["--variants", "kron2x2,dora"])
     err = capsys.readouterr().err
     assert "--variants ['dora']" in err and "peft-lokr" in err
+
+
+def test_the_loop_comparison_trains_one_epoch_of_the_stream_both_ways(capsys):
+    assert main(["--models", "tiny", "--variants", "kron2x2", "--rounds", "1", "--rows", "8", "--max-length", "32",
+                 "--loop", "--max-train", "16"]) == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.strip().startswith("loop ("))
+    assert "toy_larger: 16 rows, batch 8, 1 rounds" in line and "strategy/bare" in line
