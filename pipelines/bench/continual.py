@@ -279,9 +279,11 @@ def main(argv: list[str] | None = None) -> int:
         try:
             info = run_one(overrides, out / "runs" / cell.stream / cell.name(lr, seed))
         except ConfigError as exc:  # a combination the project refuses: marked, not a crash
-            cell.note = f"refused: {exc}"
+            cell.note = "refused: " + str(exc).removeprefix("invalid configuration: ")
             print(f"[{i}/{len(jobs)}] {cell.stream} {cell.adapter} {cell.strategy}: refused ({exc})", flush=True)
             continue
+        except BadInput as exc:  # --out holds another configuration's run under this cell's name
+            parser.error(str(exc))
         cell.runs.setdefault(lr, []).append(info)
         acc = info.metric("acc")
         print(f"[{i}/{len(jobs)}] {cell.stream} {cell.adapter} {cell.strategy} labels={cell.labels}"

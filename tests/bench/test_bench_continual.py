@@ -88,6 +88,15 @@ def test_rerun_reads_finished_cells_back(continual, capsys):
     assert table_rows(again, "lora8")[("lora8", "sequential")] == table_rows(out, "lora8")[("lora8", "sequential")]
 
 
+def test_rerun_with_another_budget_in_the_same_out_is_refused(continual, capsys):
+    out_dir, _ = continual
+    small = [a if a != "48" else "40" for a in SMALL]  # --max-train 40
+    with pytest.raises(SystemExit):
+        bench_main(["continual", *small, "--adapters", "lora8", "--strategies", "sequential",
+                    "--seeds", "0", "--out", str(out_dir)])
+    assert "holds a run of another configuration; use another --out" in capsys.readouterr().err
+
+
 def test_sweep_pools_seeds_of_the_same_config(continual, capsys):
     out_dir, _ = continual
     assert bench_main(["sweep", str(out_dir / "runs"), "--out", str(out_dir / "sweep")]) == 0
