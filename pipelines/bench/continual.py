@@ -42,12 +42,16 @@ LABEL_MODES = ("per_task",)
 """Where task labels at test time change the answer: sequential uses one set for every task,
 orthogonal sums all sets; only per_task must find a row's own set."""
 QUICK = {"adapters": "kron2x2,lora8", "strategies": "sequential,per_task,replay", "seeds": "0,1",
-         "max_train": 64, "max_test": 100, "epochs": 1, "labels": "known"}
+         "max_train": 64, "max_test": 50, "epochs": 1, "labels": "known"}
 log = logging.getLogger("kroncl.bench")
 
 
 class BadInput(ValueError):
     pass
+
+
+class Refused(Exception):
+    """The project's config validation refuses this cell (e.g. strategy=per_task with ewc)."""
 
 
 def parse_list(text: str, choices: Sequence[str] | None, what: str) -> list[str]:
@@ -158,6 +162,15 @@ class Cell:
         self.runs: dict[float | None, list[RunInfo]] = {}
         self.note = ""
 
+    def refusal(self) -> str | None:
+        """Why the project refuses this strategy combination (kroncl.config), or None."""
+        from kroncl.config import PLUGINS_THAT_CANNOT_ACT
+
+        mode, plugins = parse_strategy(self.strategy)
+        why = [f"strategy={mode} cannot use {p}: {PLUGINS_THAT_CANNOT_ACT[(mode, p)]}"
+               for p in plugins if (mode, p) in PLUGINS_THAT_CANNOT_ACT]
+        return "; ".join(why) or None
+
     def overrides(self) -> list[str]:
         mode, plugins = parse_strategy(self.strategy)
         return [f"stream={self.stream}", *ADAPTERS[self.adapter], f"strategy={mode}",
@@ -198,8 +211,8 @@ def run_one(overrides: list[str], run_dir: Path) -> RunInfo:
 
     record = RunRecord.load(run_dir) if run_dir.exists() else None
     cfg = compose(overrides)
+    settings = load_settings(OmegaConf.to_container(cfg, resolve=True))  # any other bad setting: an error
     if record is not None:
-        settings = load_settings(OmegaConf.to_container(cfg, resolve=True))
         if record.config_hash != config_hash(settings.result_config):
             raise BadInput(f"{run_dir} holds a run of another configuration; use another --out")
         if record.is_finished:
@@ -228,7 +241,7 @@ def quiet_logging() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from kroncl.errors import ConfigError
+    from kroncl.errors import KronclError
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -277,13 +290,18 @@ def main(argv: list[str] | None = None) -> int:
         overrides = [*common, *cell.overrides(), f"seed={seed}"] + ([f"train.lr={lr}"] if lr else [])
         t0 = time.perf_counter()
         try:
+            if cell.refusal():
+                raise Refused(cell.refusal())
             info = run_one(overrides, out / "runs" / cell.stream / cell.name(lr, seed))
-        except ConfigError as exc:  # a combination the project refuses: marked, not a crash
-            cell.note = "refused: " + str(exc).removeprefix("invalid configuration: ")
+        except Refused as exc:  # a combination the project refuses: marked, not a crash
+            cell.note = f"refused: {exc}"
             print(f"[{i}/{len(jobs)}] {cell.stream} {cell.adapter} {cell.strategy}: refused ({exc})", flush=True)
             continue
         except BadInput as exc:  # --out holds another configuration's run under this cell's name
             parser.error(str(exc))
+        except KronclError as exc:  # data or model not found, ...: its message says what to change
+            print(f"error: {cell.name(lr, seed)}: {exc}", file=sys.stderr)
+            return 2
         cell.runs.setdefault(lr, []).append(info)
         acc = info.metric("acc")
         print(f"[{i}/{len(jobs)}] {cell.stream} {cell.adapter} {cell.strategy} labels={cell.labels}"

@@ -77,7 +77,7 @@ def test_refused_combination_is_marked_not_run(continual):
     assert not list((out_dir / "runs" / "toy").glob("*per_task+ewc*/summary.json"))
     doc = json.loads((out_dir / "results.json").read_text())
     note = next(r["note"] for r in doc["streams"]["toy"]["rows"] if r["strategy"] == "per_task+ewc")
-    assert "cannot use strategy.plugins=[ewc]" in note
+    assert note.startswith("refused: strategy=per_task cannot use ewc: EWC")
 
 
 def test_rerun_reads_finished_cells_back(continual, capsys):
@@ -126,6 +126,14 @@ def test_sweep_reads_a_real_hydra_multirun(tmp_path, capsys):
     for lr, acc in by_lr.items():
         line = next(row for row in out.splitlines() if row.startswith(lr + " "))
         assert f"{acc:.3f} ± n/a" in line
+
+
+def test_a_setting_error_stops_with_its_message_not_a_refused_row(tmp_path, capsys):
+    rc = bench_main(["continual", "--stream", "arc", "--model", "tiny", "--data-dir", str(tmp_path / "none"),
+                     "--adapters", "lora8", "--strategies", "sequential", "--seeds", "0", "--out", str(tmp_path)])
+    assert rc == 2
+    assert "is not a directory" in capsys.readouterr().err
+    assert not (tmp_path / "results.json").exists()
 
 
 @pytest.mark.parametrize("args,message", [
