@@ -201,8 +201,8 @@ class Cell:
                     "lr": f"{lr:g}" if lr else lr_default}, runs, self.note)
 
 
-def run_one(overrides: list[str], run_dir: Path) -> RunInfo:
-    """One run of the main job in ``run_dir`` (read back when it already finished there)."""
+def run_one(overrides: list[str], run_dir: Path) -> tuple[RunInfo, bool]:
+    """One run of the main job in ``run_dir``, and whether it was read back (finished there before)."""
     from omegaconf import OmegaConf
 
     from kroncl.config import config_hash, load_settings
@@ -216,7 +216,7 @@ def run_one(overrides: list[str], run_dir: Path) -> RunInfo:
         if record.config_hash != config_hash(settings.result_config):
             raise BadInput(f"{run_dir} holds a run of another configuration; use another --out")
         if record.is_finished:
-            return load_run(run_dir)
+            return load_run(run_dir), True
         cfg = compose([*overrides, f"resume={run_dir}"])
     # What a run prints (its summary, data-loading progress bars) is in its summary.txt/run.log;
     # the console gets one line per run. Shown after all when the run fails.
@@ -227,7 +227,7 @@ def run_one(overrides: list[str], run_dir: Path) -> RunInfo:
     except Exception:
         sys.stderr.write(buffer.getvalue()[-4000:])
         raise
-    return load_run(run_dir)
+    return load_run(run_dir), False
 
 
 def quiet_logging() -> None:
@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
              if lab == "known" or parse_strategy(s)[0] in LABEL_MODES]
     jobs = [(c, lr, seed) for c in cells for lr in (grid or [lrs.get(c.adapter)]) for seed in seeds]
     quiet_logging()
-    started = time.perf_counter()
+    started, read_back = time.perf_counter(), 0
     print(f"{len(jobs)} runs ({len(cells)} cells x {len(seeds)} seeds" + (f" x {len(grid)} lrs" if grid else "")
           + f"), run directories under {out / 'runs'}", flush=True)
     for i, (cell, lr, seed) in enumerate(jobs, 1):
@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if cell.refusal():
                 raise Refused(cell.refusal())
-            info = run_one(overrides, out / "runs" / cell.stream / cell.name(lr, seed))
+            info, was_done = run_one(overrides, out / "runs" / cell.stream / cell.name(lr, seed))
         except Refused as exc:  # a combination the project refuses: marked, not a crash
             cell.note = f"refused: {exc}"
             print(f"[{i}/{len(jobs)}] {cell.stream} {cell.adapter} {cell.strategy}: refused ({exc})", flush=True)
@@ -303,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {cell.name(lr, seed)}: {exc}", file=sys.stderr)
             return 2
         cell.runs.setdefault(lr, []).append(info)
+        read_back += was_done
         acc = info.metric("acc")
         print(f"[{i}/{len(jobs)}] {cell.stream} {cell.adapter} {cell.strategy} labels={cell.labels}"
               + (f" lr={lr:g}" if lr else "") + f" seed={seed}: ACC "
@@ -320,9 +321,10 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines.bench.adapters import machine_info
 
     meta = {"command": "python -m pipelines.bench continual " + " ".join(argv_given),
-            "machine": machine_info(), "wall_s": round(wall, 1), "budget": common}
+            "machine": machine_info(), "wall_s": round(wall, 1), "read_back": read_back, "budget": common}
     json_path, md_path = write_outputs(out, tables, keys, meta)
-    print(f"\n{len(jobs)} runs, wall time {wall:.0f}s; {meta['machine']}\ntables: {json_path}, {md_path}")
+    done = f" ({read_back} read back from an earlier invocation)" if read_back else ""
+    print(f"\n{len(jobs)} runs{done}, wall time {wall:.0f}s; {meta['machine']}\ntables: {json_path}, {md_path}")
     return 0
 
 

@@ -78,6 +78,7 @@ def mean_std(values: Iterable[float | None]) -> tuple[float | None, float | None
 def fmt_mean_std(mean: float | None, std: float | None, signed: bool = False) -> str:
     if mean is None:
         return "n/a"
+    mean = round(mean, 3) + 0.0  # no "-0.000" for a mean that is 0 up to float noise
     text = f"{mean:+.3f}" if signed else f"{mean:.3f}"
     return text + (f" ± {std:.3f}" if std is not None else " ± n/a")
 
