@@ -2,10 +2,10 @@
 
 Runs every (adapter, strategy, seed) cell of a grid in-process, one after the other, each a
 normal run of the main job (:func:`pipelines.continual.run`, its own run directory under
-``--out``/runs, registry and MLflow tracking as configured), then prints per stream one table:
-trainable parameters and ACC / BWT / FWT / forgetting as mean ± std over the seeds, the chance
-and majority-answer rate of every task's test set under it, and a mark on rows where a run's
-predictions collapsed onto one answer. Written as ``results.json`` and ``results.md`` too.
+``--out``/runs; registry and MLflow off unless ``--registry on`` / ``--tracking on``), then prints
+per stream one table: trainable parameters and ACC / BWT / FWT / forgetting as mean ± std over
+the seeds, the chance and majority-answer rate of every task's test set under it, and a mark on
+rows where a run's predictions collapsed onto one answer. Written as ``results.json`` and ``results.md`` too.
 
 Science rules it follows: every cell gets the same budget (rows, epochs); learning rates are per
 adapter (``--lr kron2x2=6e-3,lora8=2e-3``) or picked per (adapter, strategy) from ``--lr-grid``
