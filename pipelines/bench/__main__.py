@@ -1,4 +1,4 @@
-"""``python -m pipelines.bench {adapters,quant,compose,mixed,train} [options]``: dispatch to a benchmark's ``main(argv)``."""
+"""``python -m pipelines.bench {adapters,quant,compose,mixed,train,continual,sweep} [options]``: dispatch to a benchmark's ``main(argv)``."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ COMMANDS = {
     "compose": ("pipelines.bench.compose", "compose a per-task MiniLM model from the registry: lookup, fetch, load, merge"),
     "mixed": ("pipelines.bench.mixed", "mixed-task batches over resident adapters: one forward vs one per task"),
     "train": ("pipelines.bench.train", "a full training step of a whole model: Kron-LoRA vs LoRA-8 vs PEFT LoRA/LoKr"),
+    "continual": ("pipelines.bench.continual", "the results table: adapters x strategies, mean ± std over seeds"),
+    "sweep": ("pipelines.bench.sweep", "table a finished Hydra multirun (or any folder of runs), seeds pooled"),
 }
 
 

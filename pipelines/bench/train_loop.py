@@ -27,14 +27,10 @@ from torch.utils.data import DataLoader
 
 
 def _settings(overrides: Sequence[str]):
-    from hydra import compose, initialize_config_dir
-
     from kroncl.config import load_settings
-    from kroncl.preflight import CONFIG_DIR
+    from pipelines.bench.continual import compose
 
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=list(overrides))
-    return load_settings(OmegaConf.to_container(cfg, resolve=True))
+    return load_settings(OmegaConf.to_container(compose(overrides), resolve=True))
 
 
 def _bare_epoch(model, dataset, batch_size: int, lr: float, max_grad_norm: float, seed: int) -> None:
