@@ -114,9 +114,11 @@ def test_sweep_reads_a_real_hydra_multirun(tmp_path, capsys):
            "registry=off", f"paths.runs={tmp_path / 'runs'}", "train.lr=1e-3,3e-3", "seed=0"]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    summaries = sorted((tmp_path / "multirun").rglob("summary.json"))
-    assert len(summaries) == 2  # multirun/<date>/<time>/<job number>/
-    assert bench_main(["sweep", str(tmp_path / "multirun")]) == 0
+    assert not (tmp_path / "multirun").exists()  # under paths.runs, not the current directory
+    (sweep,) = (tmp_path / "runs" / "multirun" / "toy").iterdir()  # <paths.runs>/multirun/<stream>/<start>/
+    summaries = sorted(sweep.rglob("summary.json"))
+    assert [p.parent.name for p in summaries] == ["0", "1"]  # <job number>/
+    assert bench_main(["sweep", str(sweep)]) == 0
     out = capsys.readouterr().out
     assert "varying: train.lr" in out
     by_lr = {}
