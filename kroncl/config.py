@@ -69,6 +69,20 @@ class TrainConfig:
     0 trains every epoch."""
     threads: int = 0
     """torch's CPU threads in this process; 0 = auto (see :func:`kroncl.strategy.template.resolve_threads`)."""
+    gradient_checkpointing: bool = False
+    """Recompute the backbone's activations in backward instead of keeping them (non-reentrant,
+    RNG preserved: the same numbers, less memory, about one more forward of compute)."""
+    num_workers: int = 0
+    """DataLoader worker processes for training batches (0 = in this process). The same batches,
+    but not bit-identical results to 0 workers (see :data:`SPEED_ONLY`)."""
+    pin_memory: bool = False
+    """Page-locked training batches for faster host-to-GPU copies (used only on CUDA)."""
+
+
+SPEED_ONLY = ("progress", "threads", "gradient_checkpointing", "pin_memory")
+"""train.* keys that change how fast a run goes, never its results. Not ``num_workers``: the
+batches are the same, but whatever the data pipeline draws from torch's global RNG moves into
+the workers, so dropout's masks (and the numbers) differ from a run without workers."""
 
 
 @dataclass
@@ -145,6 +159,9 @@ def validate_train(cfg: TrainConfig, errors: list[str]) -> None:
     if cfg.threads < 0:
         errors.append(f"train.threads={cfg.threads!r} must be >= 0 (0 = one share of this "
                       "machine's CPUs per process, e.g. train.threads=0 or train.threads=4)")
+    if cfg.num_workers < 0:
+        errors.append(f"train.num_workers={cfg.num_workers!r} must be >= 0 (0 = load batches in the "
+                      "training process, e.g. train.num_workers=2)")
     _check_positive(errors, "train.lr", cfg.lr)
     _check_positive(errors, "train.weight_decay", cfg.weight_decay, allow_zero=True)
     _check_positive(errors, "train.max_grad_norm", cfg.max_grad_norm, allow_zero=True)
@@ -304,8 +321,9 @@ class RunSettings:
         """The parts of the config that change results (what a resumed run must match)."""
         skip = {"resume", "run_dir", "paths", "tracking", "registry"}
         out = {k: v for k, v in self.resolved.items() if k not in skip}
-        # How fast, not what: a resume may show no progress bar or use another thread count.
-        out["train"] = {k: v for k, v in out.get("train", {}).items() if k not in ("progress", "threads")}
+        # How fast, not what: a resume may show no progress bar or use other threads, pinning or
+        # checkpointing (each gives the same numbers: tests/pipeline/test_pipeline_speed_knobs.py).
+        out["train"] = {k: v for k, v in out.get("train", {}).items() if k not in SPEED_ONLY}
         out["data"] = {k: v for k, v in out.get("data", {}).items() if k != "cache_dir"}
         return out
 

@@ -182,6 +182,8 @@ def prepare(settings: RunSettings) -> Prepared:
     task_names = [t.name for t in tasks]
     log.info("stream %s: %s", settings.stream.name, " -> ".join(task_names))
     model = build_model(settings.model)
+    if settings.train.gradient_checkpointing:
+        model.enable_gradient_checkpointing()
     adapter_cfg = complete_adapter_config(settings.adapter, model)
     sets = AdapterSets(settings.strategy.mode)
     replaced = sets.inject(model.backbone, adapter_cfg)

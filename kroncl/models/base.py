@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kroncl.errors import ConfigError
 from kroncl.models.config import ModelConfig
 
 if TYPE_CHECKING:
@@ -165,6 +166,25 @@ class MultipleChoiceModel(nn.Module, ABC):
     @abstractmethod
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         """(B, C) float32 choice scores; padded choices = PAD_SCORE."""
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute the backbone's activations in backward (``train.gradient_checkpointing``).
+
+        Non-reentrant: gradients reach adapters inside a frozen backbone (the reentrant form
+        needs inputs that require grad) and it works under DDP; RNG state is preserved, so
+        dropout draws the same masks and the numbers are those without checkpointing.
+
+        Raises:
+            ConfigError: the backbone (a Hugging Face model) does not support it.
+        """
+        if not getattr(self.backbone, "supports_gradient_checkpointing", False):
+            raise ConfigError(f"train.gradient_checkpointing=true, but {type(self.backbone).__name__} does not "
+                              "support gradient checkpointing; set train.gradient_checkpointing=false")
+        kwargs = {"use_reentrant": False}
+        if hasattr(self.backbone, "activation_checkpointing_enable"):  # transformers >= 5.x's name
+            self.backbone.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            self.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
     def loss(self, scores: Tensor, labels: Tensor) -> Tensor:
         """Mean cross-entropy of the right choice over all choices (finite with padded choices)."""

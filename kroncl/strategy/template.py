@@ -250,7 +250,9 @@ class KronclStrategy(SupervisedTemplate):
             batch_size=self.train_mb_size,
             shuffle=shuffle,
             collate_fn=self.adapted_dataset.collate_fn,
-            generator=generator,
+            generator=generator,  # the order; workers only build the batches, so it is the same
+            num_workers=self.train_cfg.num_workers,
+            pin_memory=self.train_cfg.pin_memory and self.device.type == "cuda",
         )
 
     # ---- loops ---------------------------------------------------------------------------

@@ -1,0 +1,39 @@
+"""The train.* knobs that only change speed (gradient checkpointing, pinned memory) give the run
+the same numbers, and a run may resume with them changed; DataLoader workers train too."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from kroncl.config import load_settings
+from kroncl.errors import ConfigError
+
+
+def test_checkpointing_and_pinning_give_the_same_accuracy_matrix(tmp_path, pipeline_runner):
+    common = ["tracking=off", "registry=off", "strategy=sequential"]
+    plain = pipeline_runner(tmp_path / "runs", common, "plain")
+    knobs = pipeline_runner(tmp_path / "runs", [*common, "train.gradient_checkpointing=true",
+                                                "train.pin_memory=true"], "knobs")
+    # Identical, not just close: the same batches, the same dropout masks.
+    assert plain.result.matrix.to_dict() == knobs.result.matrix.to_dict()
+    # A resume may switch them: they are not part of what the run must match.
+    assert load_settings(plain.resolved).result_config == load_settings(knobs.resolved).result_config
+
+
+def test_a_run_with_dataloader_workers_trains_and_is_told_apart(tmp_path, pipeline_runner):
+    common = ["tracking=off", "registry=off", "strategy=sequential"]
+    run = pipeline_runner(tmp_path / "runs", [*common, "train.num_workers=1"], "workers")
+    assert math.isfinite(run.result.summary["acc"]) and len(run.result.matrix.to_dict()["rows"]) == 2
+    plain = load_settings({**run.resolved, "train": {**run.resolved["train"], "num_workers": 0}})
+    assert load_settings(run.resolved).result_config != plain.result_config  # not bit-identical: no silent resume
+
+
+def test_negative_workers_name_the_key(compose_config):
+    from omegaconf import OmegaConf
+
+    resolved = OmegaConf.to_container(compose_config(["stream=toy", "model=tiny", "train.num_workers=-1"]),
+                                      resolve=True)
+    with pytest.raises(ConfigError, match=r"train.num_workers=-1 must be >= 0"):
+        load_settings(resolved)
