@@ -101,13 +101,18 @@ def make_batch(model, rows: int, choices: int) -> dict[str, torch.Tensor]:
     return model.collate(feats)
 
 
-def train_step(v: Variant, batch: dict[str, torch.Tensor], lr: float = 1e-3) -> Callable[[], float]:
-    """One real step of ``v``: returns a function doing it and returning its loss."""
+def train_step(v: Variant, batch: dict[str, torch.Tensor], lr: float = 1e-3,
+               autocast: torch.dtype | None = None) -> Callable[[], float]:
+    """One real step of ``v``: returns a function doing it and returning its loss (``autocast``:
+    the forward in that dtype on the batch's device, as ``train.precision=bf16`` does)."""
     opt = torch.optim.AdamW(v.params, lr=lr)
+    device = batch["labels"].device.type
 
     def step() -> float:
         opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(v.model(batch), batch["labels"])
+        with torch.autocast(device, dtype=autocast, enabled=autocast is not None):
+            scores = v.model(batch)
+        loss = F.cross_entropy(scores.float(), batch["labels"])
         loss.backward()
         opt.step()
         return float(loss.detach())
