@@ -20,7 +20,7 @@ from registry.db import DEFAULT_URL, ENV_ARTIFACT_ROOT, ENV_URL, default_url
 from registry.entities import AdapterVersion, LineageEntry, VerificationResult
 from registry.errors import InvalidValue, RegistryError
 from registry.gc import DEFAULT_GRACE_S, GcReport
-from registry.mlflow_models import sync_report
+from registry.mlflow_models import MODEL_VERSION_TAG, sync_report
 from registry.names import MAX_VERSION_NUMBER, RUN_TAG, parse_ref
 from registry.store import RegistryStore
 from registry.tables import format_metrics, format_table, human_size, to_jsonable
@@ -350,7 +350,8 @@ def run(args: argparse.Namespace) -> tuple[Any, str, int]:
         if cmd == "alias":
             if args.alias_command == "set":
                 v = store.set_alias(args.adapter, args.name, args.version)
-                return v, f"{args.adapter}@{args.name} -> {v.ref}", 0
+                hint = "\n(mirrored in MLflow: run sync-mlflow --tracking-uri URI to move it there too)"
+                return v, f"{args.adapter}@{args.name} -> {v.ref}" + (hint if MODEL_VERSION_TAG in v.tags else ""), 0
             if args.alias_command == "delete":
                 store.delete_alias(args.adapter, args.name)
                 return (

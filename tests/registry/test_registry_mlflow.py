@@ -139,11 +139,18 @@ def test_sync_mlflow_command(store_paths, make_artifact, mlflow_store, capsys):
     url, artifacts, store = store_paths
     uri, run_id = mlflow_store
     add_version(store, make_artifact, run_id)
-    assert main(["--url", url, "--artifacts", artifacts, "sync-mlflow", "--tracking-uri", uri]) == 0
+    reg = ["--url", url, "--artifacts", artifacts]
+    assert main([*reg, "alias", "set", "arc-kron", "staging", "1"]) == 0
+    assert "sync-mlflow" not in capsys.readouterr().out  # not mirrored yet: nothing to say
+    assert main([*reg, "sync-mlflow", "--tracking-uri", uri]) == 0
     out = capsys.readouterr().out
     assert "mirrored arc-kron:1 -> arc-kron v1" in out and out.rstrip().endswith("1 mirrored")
+    assert "alias    arc-kron@staging -> v1" in out
+    assert main([*reg, "alias", "set", "arc-kron", "production", "1"]) == 0  # a mirrored version: say how
+    assert "run sync-mlflow --tracking-uri URI to move it there too" in capsys.readouterr().out
     assert main(["--url", url, "--artifacts", artifacts, "--json", "sync-mlflow", "--tracking-uri", uri]) == 0
-    assert json.loads(capsys.readouterr().out) == {"aliases": {}, "failed": [], "mirrored": []}
+    assert json.loads(capsys.readouterr().out) == {"aliases": {"arc-kron": {"production": "1", "staging": "1"}},
+                                                  "failed": [], "mirrored": []}
 
 
 def test_one_bad_version_does_not_stop_the_others_and_the_command_exits_1(store_paths, make_artifact,
