@@ -138,14 +138,19 @@ def _model_version(client: Any, v: AdapterVersion, ref: str, model_id: str) -> t
 def mirror_version(store: Any, ref: str, client: Any, experiment: str = DEFAULT_EXPERIMENT) -> Mirrored:
     """Mirror version ``ref`` (LoggedModel + registered-model version), then its adapter's
     aliases; record the result as tags on the kroncl version. Idempotent."""
-    v = store.get_version(ref)
+    mirrored = _mirror(store, store.get_version(ref), client, experiment)
+    sync_aliases(store, mirrored.registered, client)
+    return mirrored
+
+
+def _mirror(store: Any, v: AdapterVersion, client: Any, experiment: str) -> Mirrored:
+    """:func:`mirror_version` without the aliases (:func:`sync_mlflow` moves them once per adapter)."""
     ref = f"{v.adapter}:{v.number}"
     files = store.fetch_artifact(ref)  # verified against its sha256: MLflow gets what the registry holds
     model_id, new_model = _logged_model(client, v, ref, str(files), experiment)
     version, new_version = _model_version(client, v, ref, model_id)
     store.set_tag(ref, LOGGED_MODEL_TAG, model_id)
     store.set_tag(ref, MODEL_VERSION_TAG, f"{v.adapter}/{version}")
-    sync_aliases(store, v.adapter, client)
     return Mirrored(ref, model_id, v.adapter, version, new_model or new_version)
 
 
@@ -185,7 +190,7 @@ def sync_mlflow(store: Any, client: Any, versions: Iterable[AdapterVersion] | No
     for v in todo:
         ref = f"{v.adapter}:{v.number}"
         try:
-            out.mirrored.append(mirror_version(store, ref, client, experiment))
+            out.mirrored.append(_mirror(store, v, client, experiment))
         except Exception as exc:  # one bad version (a missing artifact) must not stop the others
             out.failed.append((ref, f"{type(exc).__name__}: {exc}"))
     for adapter in adapters:
