@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 METRICS = ("acc", "bwt", "fwt", "forgetting")
-COLLAPSE_SHARE = 0.95  # as kroncl.metrics.reference.COLLAPSE_SHARE (imported lazily below)
 
 
 @dataclass
@@ -46,13 +45,11 @@ def load_run(run_dir: Path) -> RunInfo:
     data = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
     cfg_path = run_dir / "config.yaml"
     config = OmegaConf.to_container(OmegaConf.load(cfg_path)) if cfg_path.exists() else {}
-    try:
-        from kroncl.metrics.reference import COLLAPSE_SHARE as share
-    except ImportError:  # pragma: no cover - the package is always there in this project
-        share = COLLAPSE_SHARE
+    from kroncl.metrics.reference import collapsed as is_collapsed  # the summary's own rule
+
     artifacts = data.get("artifacts") or []
     top = (artifacts[-1].get("top_choice") or {}) if artifacts else {}
-    collapsed = [task for task, (_, s) in top.items() if s == s and s >= share]
+    collapsed = [task for task, (_, s) in top.items() if is_collapsed(s)]  # NaN (no rows) is not
     vals = []
     for rec in artifacts:
         sel = rec.get("selection")
@@ -161,10 +158,9 @@ def table_cells(rows: Sequence[Row], key_names: Sequence[str],
 
 
 def format_text(rows: Sequence[Row], key_names: Sequence[str]) -> str:
-    header, body = table_cells(rows, key_names)
-    widths = [max(len(c) for c in col) for col in zip(header, *body)]
-    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
-    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, body)])
+    from registry.tables import format_table
+
+    return format_table(*table_cells(rows, key_names))
 
 
 def format_markdown(rows: Sequence[Row], key_names: Sequence[str]) -> str:
