@@ -21,6 +21,11 @@ from kroncl.adapters import adapter_state_dict, load_adapter_state_dict
 from kroncl.adapters.routing import routed_forward
 
 
+def batch_to_device(batch: dict, device: torch.device | str) -> dict:
+    """``batch`` with its tensors on ``device`` (other values, e.g. ids, as they are)."""
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
 def count_correct(scores: torch.Tensor, labels: torch.Tensor) -> tuple[int, int]:
     """(rows whose best-scoring choice is the labelled one, rows) of one batch; scores (B, C)."""
     return int((scores.float().argmax(dim=-1) == labels).sum()), int(labels.numel())
@@ -77,7 +82,7 @@ def evaluate_accuracy(
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=dataset.collate_fn,
                             generator=torch.Generator())
         for batch in loader:
-            yield {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            yield batch_to_device(batch, device)
 
     was_training = model.training
     model.eval()

@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader
 
 from kroncl.adapters import adapter_layers
 from kroncl.config import StrategyConfig
-from kroncl.evaluate import count_correct
+from kroncl.evaluate import batch_to_device, count_correct
 from kroncl.strategy.plugin_state import (
     SeededReplayBuffer,
     param_dicts_from_state,
@@ -173,7 +173,7 @@ class DictEWCPlugin(EWCPlugin):
         loader = DataLoader(dataset, batch_size=batch_size, collate_fn=dataset.collate_fn)
         model.eval()
         for batch in loader:
-            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            batch = batch_to_device(batch, device)
             model.zero_grad(set_to_none=True)
             criterion(model(batch), batch["labels"]).backward()
             for k, p in params.items():

@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from kroncl.evaluate import batch_to_device
 from pipelines.bench.train import _model, build_variants, make_batch, train_step
 
 
@@ -45,10 +46,6 @@ def _timer(device: torch.device) -> Callable[[Callable[[], object]], float]:
     return cuda
 
 
-def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-
-
 def check_model(name: str, device: torch.device, rows: int, length: int, rounds: int) -> dict:
     from kroncl.adapters import merge_adapter
 
@@ -56,7 +53,7 @@ def check_model(name: str, device: torch.device, rows: int, length: int, rounds:
     autocast = torch.bfloat16 if on_gpu else None
     timer = _timer(device)
     variants = build_variants(name, ("kron2x2", "lora8"), max_length=length)
-    batch = _to(make_batch(variants[0].model, rows, 4), device)
+    batch = batch_to_device(make_batch(variants[0].model, rows, 4), device)
     out: dict = {"model": name, "device": str(device), "rows": rows, "tokens": int(batch["input_ids"].shape[-1]),
                  "train": {}}
     for v in variants:
