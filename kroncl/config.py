@@ -77,9 +77,16 @@ class TrainConfig:
     but not bit-identical results to 0 workers (see :data:`SPEED_ONLY`)."""
     pin_memory: bool = False
     """Page-locked training batches for faster host-to-GPU copies (used only on CUDA)."""
+    dropout: float | None = None
+    """Dropout probability of every dropout in the backbone while training; None keeps the
+    model's own (0.1 in BERT-like encoders). 0 makes training deterministic given the batches,
+    e.g. to compare a torchrun run with a single process exactly."""
+    collective_timeout_s: float = 1800.0
+    """Under torchrun: seconds a rank waits in a collective (gradient all-reduce, evaluation
+    gather, rank 0's start message) before the job fails instead of hanging on a dead rank."""
 
 
-SPEED_ONLY = ("progress", "threads", "gradient_checkpointing", "pin_memory")
+SPEED_ONLY = ("progress", "threads", "gradient_checkpointing", "pin_memory", "collective_timeout_s")
 """train.* keys that change how fast a run goes, never its results. Not ``num_workers``: a toy
 run's accuracies differ with 1 worker from 0 (tests/pipeline/test_pipeline_speed_knobs.py)
 although the batches and their scores are identical; the cause is not found yet, so a resume
@@ -164,6 +171,9 @@ def validate_train(cfg: TrainConfig, errors: list[str]) -> None:
         errors.append(f"train.num_workers={cfg.num_workers!r} must be >= 0 (0 = load batches in the "
                       "training process, e.g. train.num_workers=2)")
     _check_positive(errors, "train.lr", cfg.lr)
+    _check_positive(errors, "train.collective_timeout_s", cfg.collective_timeout_s)
+    if cfg.dropout is not None and not 0.0 <= cfg.dropout < 1.0:
+        errors.append(f"train.dropout={cfg.dropout!r} must be in [0, 1), or null to keep the model's own")
     _check_positive(errors, "train.weight_decay", cfg.weight_decay, allow_zero=True)
     _check_positive(errors, "train.max_grad_norm", cfg.max_grad_norm, allow_zero=True)
     if not 0.0 <= cfg.warmup_ratio < 1.0:

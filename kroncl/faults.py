@@ -25,7 +25,7 @@ import signal
 ENV_VAR = "KRONCL_FAULT"
 
 POINTS: dict[str, str] = {
-    "train_step": "after optimizer step `step` (1-based, counted per experience) of experience `exp`",
+    "train_step": "after optimizer step `step` (1-based, counted per experience) of experience `exp`, on `rank` (0 in one process)",
     "after_save": "after experience `exp`'s fp32 adapter files are written, before registering",
     "registry_publish": "after the registry published the artifact of (`exp`, `bits`), before its row commits",
     "after_register": "after the registry committed the version of (`exp`, `bits`)",

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import datasets
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -39,6 +40,7 @@ from kroncl.adapters import (
 )
 from kroncl.config import RunSettings, config_hash, load_settings
 from kroncl.data import build_stream, make_benchmark
+from kroncl.distributed import SINGLE, World, leave, world_from_env
 from kroncl.errors import ConfigError, KronclError
 from kroncl.faults import fault_point
 from kroncl.fileio import atomic_write_text, remove_stale_temp_files
@@ -56,12 +58,13 @@ from kroncl.strategy.loop import run_stream
 from kroncl.strategy.plugins import AccuracyCollector, build_plugins
 from kroncl.strategy.selection import build_selection
 from kroncl.strategy.task_router import build_router
-from kroncl.strategy.template import KronclStrategy, resolve_threads, seed_everything
+from kroncl.strategy.template import KronclStrategy, resolve_device, resolve_threads, seed_everything
 from kroncl.tracking import Tracker, flatten_config
 from kroncl.tracking.run_view import DESCRIPTION_TAG, run_description, run_name, strategy_label
-from pipelines.experience import ExperienceRecorder
+from pipelines.data_parallel import StartSender, check_same_start, receive_start
+from pipelines.experience import ExperienceRecorder, restore_strategy
 from pipelines.registration import Registrar
-from pipelines.run_dir import RunLock, RunRecord, resolve_run_dir
+from pipelines.run_dir import RunLock, RunRecord, attach_log_file, resolve_run_dir
 from pipelines.summary import format_summary
 
 log = logging.getLogger("kroncl.pipeline")
@@ -82,8 +85,12 @@ class RunResult:
 
 
 def run(cfg: DictConfig | dict, run_dir: Path | None = None, hydra_dir: Path | None = None,
-        overrides: list[str] | None = None) -> RunResult:
+        overrides: list[str] | None = None) -> RunResult | None:
     """Run (or resume) the job described by a composed Hydra config. Returns what it produced.
+
+    Under torchrun (``WORLD_SIZE`` > 1) every rank calls this: rank 0 does all of the below and
+    returns the result; the other ranks train and evaluate their shards (:func:`run_worker`) and
+    return None.
 
     Args:
         cfg: the composed config (``python -m kroncl.run``'s, or Hydra's compose API's).
@@ -98,6 +105,25 @@ def run(cfg: DictConfig | dict, run_dir: Path | None = None, hydra_dir: Path | N
     """
     resolved = cfg if isinstance(cfg, dict) else OmegaConf.to_container(cfg, resolve=True)
     settings = load_settings(resolved)
+    world = world_from_env(settings.train.collective_timeout_s, resolve_device(settings.train.device).type)
+    try:
+        if not world.is_main:
+            return run_worker(settings, world)
+        start = StartSender(world)
+        try:
+            return run_main(settings, resolved, world, start, run_dir, hydra_dir, overrides)
+        except BaseException as exc:
+            start.stop(f"{type(exc).__name__}: {exc}")  # the others must not wait for a start
+            raise
+        finally:
+            start.stop()  # a finished run: nothing to train
+    finally:
+        leave(world)
+
+
+def run_main(settings: RunSettings, resolved: dict[str, Any], world: World, start: StartSender,
+             run_dir: Path | None, hydra_dir: Path | None, overrides: list[str] | None) -> RunResult:
+    """Rank 0's (or the only process's) part of :func:`run`: everything that writes."""
     run_dir, resuming = resolve_run_dir(settings, run_dir, hydra_dir)
     created = not run_dir.exists() or not any(run_dir.iterdir())
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -108,7 +134,7 @@ def run(cfg: DictConfig | dict, run_dir: Path | None = None, hydra_dir: Path | N
                 return report_finished(run_dir, record)
             handler = attach_log_file(run_dir)
             try:
-                return run_in(run_dir, settings, resolved, record)
+                return run_in(run_dir, settings, resolved, record, world, start)
             finally:
                 # Detached so a later run in this process does not also write into this run's run.log.
                 if handler is not None:
@@ -184,6 +210,8 @@ def prepare(settings: RunSettings) -> Prepared:
     model = build_model(settings.model)
     if settings.train.gradient_checkpointing:
         model.enable_gradient_checkpointing()
+    if settings.train.dropout is not None:  # before injection: adapter.dropout is the adapters' own
+        model.set_dropout(settings.train.dropout)
     adapter_cfg = complete_adapter_config(settings.adapter, model)
     sets = AdapterSets(settings.strategy.mode)
     replaced = sets.inject(model.backbone, adapter_cfg)
@@ -211,7 +239,8 @@ def restore(prep: Prepared, checkpoint: Checkpoint) -> AccuracyMatrix:
     return AccuracyMatrix.from_dict(checkpoint.state["accuracy_matrix"])
 
 
-def run_in(run_dir: Path, settings: RunSettings, resolved: dict[str, Any], record: RunRecord) -> RunResult:
+def run_in(run_dir: Path, settings: RunSettings, resolved: dict[str, Any], record: RunRecord,
+           world: World, start: StartSender) -> RunResult:
     """The job proper, in a prepared and locked run directory (see :func:`run`)."""
     log.info("run directory: %s", run_dir)
     remove_stale_temp_files(run_dir)  # left by a writer killed mid-write; the lock says it is dead
@@ -230,16 +259,20 @@ def run_in(run_dir: Path, settings: RunSettings, resolved: dict[str, Any], recor
     registrar = Registrar.from_config(settings, prep.model, prep.adapter_cfg, record.mlflow_run_id,
                                       run_id=record.run_id)
     tracker = open_tracking(settings, run_dir, record, resolved, prep.param_counts, prep.task_names)
+    tracker.set_tags({"kroncl.world_size": world.size})
     registrar.mlflow_run_id = record.mlflow_run_id
     started = time.perf_counter()
     try:
-        strategy = build_strategy(settings, prep, tracker)
+        strategy = build_strategy(settings, prep, tracker, world)
         recorder = ExperienceRecorder(run_dir, settings, prep, strategy, tracker, registrar, record)
-        start = 0
         if checkpoint is not None:
-            start = checkpoint.next_experience
             recorder.restore(checkpoint)
-        run_stream(strategy, prep.benchmark, matrix, start=start,
+        if world.distributed:
+            log.info("data-parallel: %d processes, %s backend; rank 0 writes", world.size,
+                     torch.distributed.get_backend())
+        start.train(checkpoint)
+        check_same_start(world, prep.model)
+        run_stream(strategy, prep.benchmark, matrix, start=checkpoint.next_experience if checkpoint else 0,
                    on_experience_end=recorder, log=log.info)
     except KeyboardInterrupt:
         tracker.end("KILLED")
@@ -280,7 +313,32 @@ def open_tracking(settings: RunSettings, run_dir: Path, record: RunRecord, resol
     return tracker
 
 
-def build_strategy(settings: RunSettings, prep: Prepared, tracker: Tracker) -> KronclStrategy:
+def run_worker(settings: RunSettings, world: World) -> None:
+    """A rank other than 0 under torchrun: the same model, strategy and stream as rank 0, its
+    shard of every batch; no run directory, registry, MLflow or file of any kind."""
+    logging.getLogger("kroncl").setLevel(logging.WARNING)  # rank 0 reports progress
+    os.environ["TQDM_DISABLE"] = "1"  # and shows the progress bars
+    datasets.disable_progress_bars()
+    message = receive_start(world)
+    if not message.train:
+        return None
+    checkpoint = message.checkpoint
+    prep = prepare(settings)
+    matrix = AccuracyMatrix(prep.task_names, task_labels=settings.eval.task_labels)
+    if checkpoint is not None:
+        matrix = restore(prep, checkpoint)
+    tracker = Tracker(None, settings.tracking.experiment, False, ".")  # disabled: writes nothing
+    strategy = build_strategy(settings, prep, tracker, world)
+    if checkpoint is not None:
+        restore_strategy(strategy, checkpoint, prep.benchmark.train_stream)
+    check_same_start(world, prep.model)
+    run_stream(strategy, prep.benchmark, matrix, start=checkpoint.next_experience if checkpoint else 0,
+               log=log.debug)
+    return None
+
+
+def build_strategy(settings: RunSettings, prep: Prepared, tracker: Tracker,
+                   world: World = SINGLE) -> KronclStrategy:
     """The Avalanche strategy with the configured plugins and an evaluator logging to MLflow.
 
     The evaluator carries only avalanche metrics without memory across experiences (accuracy,
@@ -296,7 +354,8 @@ def build_strategy(settings: RunSettings, prep: Prepared, tracker: Tracker) -> K
     evaluator = EvaluationPlugin(
         accuracy_metrics(epoch=True, experience=True, stream=True),
         loss_metrics(epoch=True),
-        loggers=[MLflowLogger(tracker, prefix="avalanche/")],
+        # Rank 0's shard only under torchrun (avalanche refuses loggers on the other ranks).
+        loggers=[MLflowLogger(tracker, prefix="avalanche/")] if world.is_main else [],
     )
     router, fitter = build_router(settings.eval.task_labels, settings.eval.router, prep.sets.routes_by_task)
     return KronclStrategy(
@@ -311,6 +370,7 @@ def build_strategy(settings: RunSettings, prep: Prepared, tracker: Tracker) -> K
         seed=settings.seed,
         task_labels=settings.eval.task_labels,
         task_router=router,
+        world=world,
     )
 
 
@@ -370,23 +430,3 @@ def complete_adapter_config(node: dict[str, Any], model) -> AdapterConfig:
     node["head_targets"] = list(node["head_targets"]) if node.get("head_targets") is not None \
         else list(model.head_modules)
     return AdapterConfig.from_dict(node)
-
-
-def attach_log_file(run_dir: Path) -> logging.FileHandler | None:
-    """Mirror the kroncl loggers into <run_dir>/run.log.
-
-    Returns:
-        The handler added (the caller removes it when the run ends), or None when one for
-        this file was already attached.
-    """
-    root = logging.getLogger("kroncl")
-    root.setLevel(logging.INFO)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
-    path = os.path.abspath(run_dir / "run.log")  # as FileHandler.baseFilename
-    if any(isinstance(h, logging.FileHandler) and h.baseFilename == path for h in root.handlers):
-        return None
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-    root.addHandler(handler)
-    return handler

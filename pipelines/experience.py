@@ -32,6 +32,16 @@ CLOCK_FIELDS = ("train_iterations", "train_exp_counter", "train_exp_epochs", "tr
 """avalanche's clock: the steps its metrics are logged at, so a resumed run logs at the same ones."""
 
 
+def restore_strategy(strategy, checkpoint: Checkpoint, train_stream) -> None:
+    """The strategy's clock and every plugin's state as ``checkpoint`` saved them (on every
+    rank under torchrun; the adapters are restored by the pipeline)."""
+    state = checkpoint.state
+    for key, value in state.get("clock", {"train_exp_counter": checkpoint.next_experience}).items():
+        setattr(strategy.clock, key, value)
+    restore_plugins_state(strategy.plugins, state.get("plugins", {}), checkpoint.tensors,
+                          strategy=strategy, train_stream=train_stream)
+
+
 class ExperienceRecorder:
     """What happens after each experience: save, quantize, register, log, checkpoint.
 
@@ -55,10 +65,7 @@ class ExperienceRecorder:
         state = checkpoint.state
         self.produced = list(state.get("artifacts", []))
         self.registrar.restore(state.get("registry", {}))
-        for key, value in state.get("clock", {"train_exp_counter": checkpoint.next_experience}).items():
-            setattr(self.strategy.clock, key, value)
-        restore_plugins_state(self.strategy.plugins, state.get("plugins", {}), checkpoint.tensors,
-                              strategy=self.strategy, train_stream=self.prep.benchmark.train_stream)
+        restore_strategy(self.strategy, checkpoint, self.prep.benchmark.train_stream)
 
     def __call__(self, index: int, experience, matrix: AccuracyMatrix) -> None:
         task = self.prep.task_names[index]

@@ -20,6 +20,7 @@ files.
 from __future__ import annotations
 
 import fcntl
+import logging
 import json
 import os
 import secrets
@@ -153,3 +154,23 @@ def resolve_run_dir(settings, explicit: Path | None, hydra_dir: Path | None) -> 
     if hydra_dir is not None:
         return hydra_dir, False
     return settings.runs_root / settings.stream.name / unique_run_name(), False
+
+
+def attach_log_file(run_dir: Path) -> logging.FileHandler | None:
+    """Mirror the kroncl loggers into <run_dir>/run.log.
+
+    Returns:
+        The handler added (the caller removes it when the run ends), or None when one for
+        this file was already attached.
+    """
+    root = logging.getLogger("kroncl")
+    root.setLevel(logging.INFO)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
+    path = os.path.abspath(run_dir / "run.log")  # as FileHandler.baseFilename
+    if any(isinstance(h, logging.FileHandler) and h.baseFilename == path for h in root.handlers):
+        return None
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    root.addHandler(handler)
+    return handler

@@ -186,6 +186,16 @@ class MultipleChoiceModel(nn.Module, ABC):
         else:
             self.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
+    def set_dropout(self, p: float) -> None:
+        """Every dropout of the backbone drops with probability ``p`` (``train.dropout``): its
+        ``nn.Dropout`` modules (BERT-like attention reads its module's ``p`` too) and the float
+        ``attention_dropout`` attributes that Llama-like attention reads instead."""
+        for module in self.backbone.modules():
+            if isinstance(module, nn.Dropout):
+                module.p = p
+            elif isinstance(getattr(module, "attention_dropout", None), float):
+                module.attention_dropout = p
+
     def loss(self, scores: Tensor, labels: Tensor) -> Tensor:
         """Mean cross-entropy of the right choice over all choices (finite with padded choices)."""
         return F.cross_entropy(scores.float(), labels.to(scores.device))

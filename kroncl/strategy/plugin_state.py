@@ -75,13 +75,14 @@ def _stateful(plugin):
 
 
 def _named_stateful(plugins: Iterable) -> dict[str, object]:
-    """Class name -> state holder; two stateful plugins of one class would share a namespace."""
+    """Class name (or the class's ``checkpoint_name``) -> state holder; two stateful plugins of
+    one class would share a namespace."""
     named: dict[str, object] = {}
     for plugin in plugins:
         holder = _stateful(plugin)
         if holder is None:
             continue
-        name = type(plugin).__name__
+        name = getattr(type(plugin), "checkpoint_name", type(plugin).__name__)
         if name in named:
             raise CheckpointError(f"two {name} plugins: their checkpoint states would collide")
         named[name] = holder

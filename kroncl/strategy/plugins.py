@@ -1,6 +1,7 @@
 """Avalanche plugins of kroncl, and the factory that builds the configured set.
 
-Replay is avalanche-lib's ``ReplayPlugin`` over a :class:`~kroncl.strategy.plugin_state.SeededReplayBuffer`.
+Replay is avalanche-lib's ``ReplayPlugin`` (:class:`GlobalBatchReplayPlugin`: its loader without a
+sampler of its own under torchrun) over a :class:`~kroncl.strategy.plugin_state.SeededReplayBuffer`.
 The stateful plugins implement the checkpoint contract of :mod:`kroncl.strategy.plugin_state`.
 
 - :class:`AccuracyCollector` — our own per-experience test accuracy (and which answer positions
@@ -27,6 +28,7 @@ from avalanche.training.plugins import (
     ReplayPlugin,
     SupervisedPlugin,
 )
+from avalanche.benchmarks.utils.data_loader import ReplayDataLoader
 from avalanche.training.regularization import LearningWithoutForgetting
 from avalanche.training.utils import ParamData
 from torch.utils.data import DataLoader
@@ -43,7 +45,7 @@ from kroncl.strategy.plugin_state import (
 )
 
 
-class AccuracyCollector(SupervisedPlugin):
+class AccuracyCollector(SupervisedPlugin, supports_distributed=True):
     """Counts correct answers per evaluated experience; ``results[exp] = accuracy``."""
 
     def __init__(self) -> None:
@@ -73,6 +75,14 @@ class AccuracyCollector(SupervisedPlugin):
 
     def after_eval_exp(self, strategy, **kwargs) -> None:
         exp = int(strategy.experience.current_experience)
+        world = getattr(strategy, "world", None)
+        if world is not None and world.distributed:  # each rank scored its shard: add them up
+            routing = self.routing.get(exp, (0, 0))
+            self._correct, self._total, hits, rows = (
+                int(v) for v in world.sum([self._correct, self._total, *routing]))
+            if exp in self.routing:
+                self.routing[exp] = (hits, rows)
+            self.predicted[exp] = sum(world.gather(self.predicted[exp]), Counter())
         self.results[exp] = self._correct / self._total if self._total else float("nan")
 
 
@@ -90,7 +100,7 @@ class ChoiceLwF(LearningWithoutForgetting):
         return super()._distillation_loss(out, prev_out, present)
 
 
-class ChoiceLwFPlugin(LwFPlugin):
+class ChoiceLwFPlugin(LwFPlugin, supports_distributed=True):
     """avalanche-lib's LwF plugin with :class:`ChoiceLwF` as its regulariser.
 
     Checkpointable (see :mod:`kroncl.strategy.plugin_state`): the teacher is stored as its
@@ -126,7 +136,7 @@ class ChoiceLwFPlugin(LwFPlugin):
             lwf.prev_model = rebuild_teacher(strategy.model, state["teacher"], own, strategy.device)
 
 
-class DictEWCPlugin(EWCPlugin):
+class DictEWCPlugin(EWCPlugin, supports_distributed=True):
     """EWC over the trainable parameters of the current experience, for dict batches.
 
     Checkpointable (see :mod:`kroncl.strategy.plugin_state`): importances and saved parameters
@@ -222,7 +232,7 @@ def factor_pairs(model, current: str, frozen: list[str]):
     return new, old
 
 
-class OrthogonalPlugin(SupervisedPlugin):
+class OrthogonalPlugin(SupervisedPlugin, supports_distributed=True):
     """Adds ``lam · orthogonality_penalty`` against every frozen set before the backward pass."""
 
     def __init__(self, adapter_sets, lam: float) -> None:
@@ -241,6 +251,31 @@ class OrthogonalPlugin(SupervisedPlugin):
         strategy.loss += self.lam * penalty
 
 
+class GlobalBatchReplayPlugin(ReplayPlugin, supports_distributed=True):
+    """avalanche-lib's replay, its loader yielding global batches under torchrun too.
+
+    ``ReplayPlugin`` builds a ``ReplayDataLoader`` that adds a ``DistributedSampler`` of its own
+    whenever ``torch.distributed`` is initialised (and has no argument to stop it), so each rank
+    would draw other rows than a single process and the strategy's sharding would cut them again.
+    This builds the same loader with ``distributed_sampling=False``; the strategy then takes each
+    rank's rows of every batch (:mod:`kroncl.distributed`). In one process it is the same loader.
+    """
+
+    checkpoint_name = "ReplayPlugin"  # its state's name in checkpoints, written before this class too
+
+    def before_training_exp(self, strategy, num_workers: int = 0, shuffle: bool = True,
+                            drop_last: bool = False, **kwargs) -> None:
+        if len(self.storage_policy.buffer) == 0:
+            return  # the first experience: nothing to replay, the strategy's own loader
+        extra = {k: kwargs[k] for k in ("ffcv_args", "persistent_workers") if k in kwargs}
+        strategy.dataloader = ReplayDataLoader(
+            strategy.adapted_dataset, self.storage_policy.buffer, oversample_small_tasks=True,
+            batch_size=self.batch_size or strategy.train_mb_size,
+            batch_size_mem=self.batch_size_mem or strategy.train_mb_size,
+            task_balanced_dataloader=self.task_balanced_dataloader, num_workers=num_workers,
+            shuffle=shuffle, drop_last=drop_last, distributed_sampling=False, **extra)
+
+
 def build_plugins(cfg: StrategyConfig, adapter_sets, seed: int | None = None) -> list[SupervisedPlugin]:
     """The configured continual-learning plugins, in a fixed order.
 
@@ -250,7 +285,7 @@ def build_plugins(cfg: StrategyConfig, adapter_sets, seed: int | None = None) ->
     plugins: list[SupervisedPlugin] = []
     if "replay" in cfg.plugins:
         buffer = SeededReplayBuffer(cfg.replay_mem_size, seed=seed)
-        plugins.append(ReplayPlugin(mem_size=cfg.replay_mem_size, storage_policy=buffer))
+        plugins.append(GlobalBatchReplayPlugin(mem_size=cfg.replay_mem_size, storage_policy=buffer))
     if "lwf" in cfg.plugins:
         plugins.append(ChoiceLwFPlugin(alpha=cfg.lwf_alpha, temperature=cfg.lwf_temperature))
     if "ewc" in cfg.plugins:

@@ -44,7 +44,7 @@ class Selection:
                 "val_acc": self.val_acc, "stopped_early": self.stopped_early}
 
 
-class EpochSelection(SupervisedPlugin):
+class EpochSelection(SupervisedPlugin, supports_distributed=True):
     """Best epoch by validation accuracy per experience; optional early stopping.
 
     Must come first among the strategy's plugins (see the module docstring).

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 from kroncl.adapters.routing import TokenCentroidRouter
 
 
-class RouterFitter(SupervisedPlugin):
+class RouterFitter(SupervisedPlugin, supports_distributed=True):
     def __init__(self, router: TokenCentroidRouter, batch_size: int = 64) -> None:
         super().__init__()
         self.router = router

@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from kroncl.config import TrainConfig
+from kroncl.distributed import SINGLE, World
 from kroncl.errors import ConfigError
 from kroncl.faults import fault_point
 from kroncl.adapters.routing import TokenCentroidRouter, confident_forward, routed_forward
@@ -124,8 +125,14 @@ class KronclStrategy(SupervisedTemplate):
         seed: int = 0,
         task_labels: str = "known",
         task_router: TokenCentroidRouter | None = None,
+        world: World = SINGLE,
     ) -> None:
         device = resolve_device(train.device)
+        self.world = world
+        """The data-parallel processes (:mod:`kroncl.distributed`); each trains and evaluates
+        its shard of every global batch."""
+        self.mb_share = 1.0
+        """This rank's share of the rows of the current global training batch."""
         self.train_cfg = train
         self.adapter_sets = adapter_sets
         self.seed = seed
@@ -255,10 +262,19 @@ class KronclStrategy(SupervisedTemplate):
             pin_memory=self.train_cfg.pin_memory and self.device.type == "cuda",
         )
 
+    def make_eval_dataloader(self, **kwargs) -> None:
+        # Global batches in order, as in one process: avalanche's loader would add a
+        # DistributedSampler under torchrun, which pads the test set with repeated rows (counted
+        # twice); eval_epoch keeps this rank's rows of each batch. Its own generator: no draw
+        # from the global RNG.
+        self.dataloader = DataLoader(self.adapted_dataset, batch_size=self.eval_mb_size, shuffle=False,
+                                     collate_fn=self.adapted_dataset.collate_fn, generator=torch.Generator())
+
     # ---- loops ---------------------------------------------------------------------------
     def _progress(self, iterable, desc: str):
         return tqdm(
-            iterable, desc=desc, leave=False, disable=not self.train_cfg.progress, dynamic_ncols=True
+            iterable, desc=desc, leave=False, dynamic_ncols=True,
+            disable=not self.train_cfg.progress or not self.world.is_main,
         )
 
     def training_epoch(self, **kwargs) -> None:
@@ -270,6 +286,7 @@ class KronclStrategy(SupervisedTemplate):
         for i, self.mbatch in enumerate(bar):
             if self._stop_training:
                 break
+            self.mbatch, self.mb_share = self.world.shard(self.mbatch)
             self._unpack_minibatch()
             self._before_training_iteration(**kwargs)
             self.loss = self._make_empty_loss()
@@ -289,12 +306,15 @@ class KronclStrategy(SupervisedTemplate):
                 self._after_update(**kwargs)
                 self.optimizer.zero_grad(set_to_none=True)
                 self.optimizer_steps += 1
-                fault_point("train_step", exp=self.experience_index, step=self.optimizer_steps)
+                fault_point("train_step", exp=self.experience_index, step=self.optimizer_steps,
+                            rank=self.world.rank)
             self._after_training_iteration(**kwargs)
             bar.set_postfix(loss=f"{self.loss.item():.4f}")
 
     def backward(self) -> None:
-        loss = self.loss / self.train_cfg.grad_accum
+        # Scaled by this rank's share of the global batch: the all-reduced sum of the ranks'
+        # gradients is then the gradient of the global batch's loss (1.0 in one process).
+        loss = self.loss * self.mb_share / self.train_cfg.grad_accum
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
         else:
@@ -302,6 +322,7 @@ class KronclStrategy(SupervisedTemplate):
 
     def optimizer_step(self) -> None:
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        self.world.sum_gradients(params)  # before clipping and unscaling: every rank sees the same gradient
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         if self.train_cfg.max_grad_norm > 0:
@@ -317,6 +338,9 @@ class KronclStrategy(SupervisedTemplate):
     def eval_epoch(self, **kwargs) -> None:
         desc = f"eval exp {self.experience_index}"
         for self.mbatch in self._progress(self.dataloader, desc):
+            self.mbatch, share = self.world.shard(self.mbatch)
+            if share == 0:  # no row of this batch is this rank's; the collector sums over ranks
+                continue
             self._unpack_minibatch()
             self._before_eval_iteration(**kwargs)
             self._before_eval_forward(**kwargs)
