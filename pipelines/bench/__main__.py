@@ -1,4 +1,4 @@
-"""``python -m pipelines.bench {adapters,quant,compose,mixed,gpu,train,continual,sweep} [options]``: dispatch to a benchmark's ``main(argv)``."""
+"""``python -m pipelines.bench {adapters,quant,compose,mixed,gpu,train,ddp,continual,sweep} [options]``: dispatch to a benchmark's ``main(argv)``."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ COMMANDS = {
     "mixed": ("pipelines.bench.mixed", "mixed-task batches over resident adapters: one forward vs one per task"),
     "gpu": ("pipelines.bench.gpu", "GPU check: Kron vs LoRA-8 bf16 train step, peak memory, merged inference vs base"),
     "train": ("pipelines.bench.train", "a full training step of a whole model: Kron-LoRA vs LoRA-8 vs PEFT LoRA/LoKr"),
+    "ddp": ("pipelines.bench.ddp", "data-parallel training throughput: 2 processes under torchrun vs 1"),
     "continual": ("pipelines.bench.continual", "the results table: adapters x strategies, mean ± std over seeds"),
     "sweep": ("pipelines.bench.sweep", "table a finished Hydra multirun (or any folder of runs), seeds pooled"),
 }
