@@ -211,9 +211,10 @@ def test_a_writer_killed_before_its_manifest_publishes_nothing_visible(s3, tmp_p
     assert store.verify(stored.location, sha) == sha
 
 
-def test_full_registry_on_sqlite_and_s3_register_resolve_load(s3, tmp_path: Path) -> None:
+def test_full_registry_on_sql_and_s3_register_resolve_load(s3, backend_url: str, tmp_path: Path) -> None:
+    """SQLite, and (marked ``postgres``) PostgreSQL: the team set-up of the README."""
     client, uri, endpoint = s3
-    url = f"sqlite:///{tmp_path / 'registry.db'}"
+    url = backend_url
     src = worker.write_artifact(tmp_path / "src", "w")
     with RegistryStore(url, uri, s3_endpoint_url=endpoint, artifact_cache=tmp_path / "c1") as store:
         store.register_base_model("org/tiny-bert", revision="rev1")
@@ -321,3 +322,35 @@ def test_refused_credentials_say_what_to_set(monkeypatch: pytest.MonkeyPatch, tm
     finally:
         requests.post(f"{endpoint}/moto-api/reset-auth", data=b"inf", timeout=30)
         server.stop()
+
+
+# -- the team set-up of the README: one bucket for the registry's objects and MLflow's artifacts ----
+
+
+def test_registry_and_an_mlflow_server_share_one_bucket(s3, start_mlflow_server, tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    from registry.mlflow_models import mirror_version
+
+    client, uri, endpoint = s3  # registry objects under s3://<bucket>/team/registry
+    bucket = uri.split("/")[2]
+    server = start_mlflow_server(artifacts_destination=f"s3://{bucket}/team/mlflow",
+                                 extra_env={"MLFLOW_S3_ENDPOINT_URL": endpoint})
+    ml = MlflowClient(server.url)  # the client uploads through the server: it needs no S3 access
+    run_id = ml.create_run(ml.create_experiment("kroncl")).info.run_id
+    src = worker.write_artifact(tmp_path / "src", "w")
+    with RegistryStore(f"sqlite:///{tmp_path / 'registry.db'}", uri, artifact_cache=tmp_path / "c") as store:
+        store.register_base_model("org/tiny-bert")
+        store.register_task("arc-easy")
+        store.register_adapter("arc-kron", "arc-easy", "org/tiny-bert")
+        v = store.register_version("arc-kron", src, method="kron", mlflow_run_id=run_id)
+        mirrored = mirror_version(store, v.ref, ml)
+
+    team = f"s3://{bucket}/team"
+    mlflow_keys = _keys(client, team, "mlflow/")
+    weights = [k for k in mlflow_keys if k.endswith(f"/{WEIGHTS}")]
+    assert len(weights) == 1, mlflow_keys
+    body = client.get_object(Bucket=bucket, Key=f"team/{weights[0]}")["Body"].read()
+    assert body == (src / WEIGHTS).read_bytes()
+    assert f"registry/{v.artifact_location}/{WEIGHTS}" in _keys(client, team, "registry/")
+    assert ml.get_logged_model(mirrored.model_id).artifact_location.startswith("mlflow-artifacts:")
