@@ -196,6 +196,17 @@ def test_a_writer_killed_mid_upload_leaves_only_tmp_keys_that_the_sweep_removes(
     assert _keys(client, uri, "tmp/") == []
 
 
+def test_opening_a_store_sweeps_uploads_older_than_its_age(s3, tmp_path: Path) -> None:
+    client, uri, _ = s3
+    _killed_writer(s3, tmp_path, f"s3_upload:file={WEIGHTS}")
+    left = _keys(client, uri, "tmp/")
+    assert left and S3ArtifactStore(uri, cache_dir=tmp_path / "a").swept == ()  # a day: kept
+    # An age below zero makes every upload "old" without waiting for the clock.
+    opened = S3ArtifactStore(uri, cache_dir=tmp_path / "b", staging_max_age_s=-60)
+    assert [u.removeprefix(f"{uri}/") for u in opened.swept] == [left[0].rsplit("/", 1)[0] + "/"]
+    assert _keys(client, uri, "tmp/") == []
+
+
 def test_a_writer_killed_before_its_manifest_publishes_nothing_visible(s3, tmp_path: Path) -> None:
     client, uri, _ = s3
     src = _killed_writer(s3, tmp_path, "s3_publish")
@@ -271,8 +282,12 @@ def test_cli_accepts_an_s3_artifact_root(s3, tmp_path: Path, capsys: pytest.Capt
         assert "1 versions checked, 0 problems" in capsys.readouterr().out
         assert cli_main(["--url", url, "--artifacts", uri, "show", "arc-kron:1"]) == 0
         assert f"{uri}/{v.artifact_location}" in capsys.readouterr().out
+        os.environ["KRONCL_ARTIFACT_ROOT"] = uri  # the root from the environment, no --artifacts
+        assert cli_main(["--url", url, "verify"]) == 0
+        assert "1 versions checked, 0 problems" in capsys.readouterr().out
     finally:
-        del os.environ["KRONCL_ARTIFACT_CACHE"]
+        os.environ.pop("KRONCL_ARTIFACT_CACHE", None)
+        os.environ.pop("KRONCL_ARTIFACT_ROOT", None)
 
 
 # -- clear errors ------------------------------------------------------------------------------------
