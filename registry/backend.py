@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Protocol
 
 from registry.artifacts import ArtifactStore, StagedArtifact, StoredArtifact
-from registry.s3store import S3ArtifactStore, is_object_store
+from registry.s3client import is_object_store
+from registry.s3store import S3ArtifactStore
 
 
 class ArtifactBackend(Protocol):

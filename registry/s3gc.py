@@ -52,7 +52,7 @@ def collect(
     objects: dict[str, list[dict[str, Any]]] = {}
     published: set[str] = set()
     items: list[GcItem] = []
-    for o in artifacts._list(artifacts._key("objects/")):
+    for o in artifacts._s3.list(artifacts._key("objects/")):
         rel = o["Key"][len(base):]
         m = _OBJECT_KEY.match(rel)
         if m is None or m[1] != m[2][:2]:
@@ -99,7 +99,7 @@ def _staging(artifacts: S3ArtifactStore, apply: bool, grace_s: float, now: float
     """``tmp/`` folders: removed (with ``apply``) once their newest key is older than ``grace_s``."""
     tmp = artifacts._key("tmp/")
     folders: dict[str, list[dict[str, Any]]] = {}
-    for o in artifacts._list(tmp):
+    for o in artifacts._s3.list(tmp):
         folders.setdefault(o["Key"][len(tmp):].split("/", 1)[0], []).append(o)
     found = []
     for name, objs in sorted(folders.items()):
@@ -108,7 +108,7 @@ def _staging(artifacts: S3ArtifactStore, apply: bool, grace_s: float, now: float
             found.append(GcItem("staging", rel, size, "keep", "younger than the grace period"))
             continue
         if apply:
-            artifacts._delete([o["Key"] for o in objs])
+            artifacts._s3.delete([o["Key"] for o in objs])
         found.append(GcItem("staging", rel, size, "removed" if apply else "remove", "upload older than the grace period"))
     return found
 

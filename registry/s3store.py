@@ -15,8 +15,8 @@ compares manifests for both.
 * **Publishing** uploads the staged copy to ``tmp/`` keys, copies them to their ``objects/``
   keys, writes the manifest, then deletes the ``tmp/`` keys. An object exists once its manifest
   does: a writer killed before that leaves only ``tmp/`` keys (or ``objects/`` keys with no
-  manifest), which no reader sees. When the manifest is already there (and the object's keys and
-  sizes match it) the publish is a no-op. Two writers of the same content write the same bytes
+  manifest), which no reader sees. When the manifest is already there (and there is a key for
+  each file it lists) the publish is a no-op. Two writers of the same content write the same bytes
   to the same keys, so their race is harmless.
 * **Fetching** downloads the object, re-stages it into the cache (hashing it) and refuses it
   with :class:`HashMismatch` naming the ``s3://`` object and the files that differ, unless the
@@ -27,9 +27,8 @@ compares manifests for both.
 * **Locks**: :meth:`lock` is the cache's per-host lock; across hosts nothing serialises a
   removal (``delete``, ``gc --apply``) against a registration of the same content elsewhere.
 
-boto3 finds the endpoint in ``AWS_ENDPOINT_URL`` (or the ``endpoint_url`` given, i.e.
-``registry.s3_endpoint_url``) and credentials the usual way (``AWS_ACCESS_KEY_ID`` /
-``AWS_SECRET_ACCESS_KEY``, ``AWS_PROFILE``, an instance role).
+The S3 calls and their clear errors (:class:`registry.errors.StorageError`: missing bucket,
+refused or absent credentials, unreachable endpoint) are in :mod:`registry.s3client`.
 """
 
 from __future__ import annotations
@@ -47,39 +46,21 @@ from typing import Any
 
 from registry import manifest
 from registry.artifacts import ArtifactStore, StagedArtifact, StoredArtifact, _hostname
-from registry.errors import HashMismatch, InvalidValue, StorageError
+from registry.errors import HashMismatch, InvalidValue
 from registry.faults import fault_point
+from registry.s3client import (  # noqa: F401  (is_object_store, parse_uri: re-exported)
+    ENV_ENDPOINT,
+    SCHEME,
+    Bucket,
+    is_missing_key,
+    is_object_store,
+    parse_uri,
+)
 
-SCHEME = "s3://"
-ENV_ENDPOINT = "AWS_ENDPOINT_URL"
 ENV_CACHE = "KRONCL_ARTIFACT_CACHE"
 #: ``tmp/`` folders whose newest key is older than this are swept when a store is opened.
 STAGING_MAX_AGE_S = 24 * 3600
 _LOCATION = re.compile(r"^objects/[0-9a-f]{2}/[0-9a-f]{64}$")
-_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-
-
-def is_object_store(root: object) -> bool:
-    """Whether an artifact root names an object store (``s3://...``) rather than a folder."""
-    return isinstance(root, str) and root.startswith(SCHEME)
-
-
-def parse_uri(uri: str) -> tuple[str, str]:
-    """``(bucket, prefix)`` of ``s3://bucket[/prefix]``; the prefix has no leading/trailing ``/``.
-
-    Raises:
-        InvalidValue: not ``s3://``, or a bucket name S3 would refuse.
-    """
-    if not is_object_store(uri):
-        raise InvalidValue(f"artifact root {uri!r} is not an s3://BUCKET/PREFIX URI")
-    bucket, _, prefix = uri[len(SCHEME):].partition("/")
-    prefix = prefix.strip("/")
-    if not _BUCKET.match(bucket) or ".." in prefix.split("/"):
-        raise InvalidValue(
-            f"artifact root {uri!r}: {bucket!r} is not a bucket name (3-63 lowercase letters, "
-            "digits, '.' or '-') or the prefix holds '..'; use s3://BUCKET/PREFIX"
-        )
-    return bucket, prefix
 
 
 def default_cache_dir(bucket: str, prefix: str) -> Path:
@@ -132,68 +113,14 @@ class S3ArtifactStore:
         self.cache = ArtifactStore(
             cache_dir if cache_dir is not None else default_cache_dir(self.bucket, self.prefix)
         )
-        self._client = self._make_client()
-        self._call("head_bucket", Bucket=self.bucket)
+        self._s3 = Bucket(self.root, self.bucket, self.endpoint_url)
+        self._s3.check()
         self.swept: tuple[str, ...] = ()
         if sweep:
             self.swept = tuple(self.sweep_stale_staging(max_age_s=staging_max_age_s))
 
     def __repr__(self) -> str:
         return f"S3ArtifactStore({self.root!r}, endpoint_url={self.endpoint_url!r})"
-
-    # -- the client and its errors ----------------------------------------------------------------
-
-    def _make_client(self) -> Any:
-        try:
-            import boto3
-        except ImportError as e:  # pragma: no cover - boto3 is a pinned dependency
-            raise StorageError(
-                f"artifact root {self.root}: boto3 is not installed; pip install boto3"
-            ) from e
-        return boto3.session.Session().client("s3", endpoint_url=self.endpoint_url)
-
-    def _call(self, op: str, **kwargs: Any) -> Any:
-        """``client.<op>(**kwargs)`` with the client's failures turned into :class:`StorageError`
-        naming the root and what to set (a missing key is left to the caller: ``NoSuchKey``)."""
-        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
-
-        try:
-            return getattr(self._client, op)(**kwargs)
-        except ClientError as e:
-            code = str(e.response.get("Error", {}).get("Code", ""))
-            if code in ("NoSuchKey", "404") and op != "head_bucket":
-                raise
-            raise self._storage_error(code, e) from e
-        except NoCredentialsError as e:
-            raise StorageError(
-                f"artifact root {self.root}: no credentials for the object store; set "
-                "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)"
-            ) from e
-        except BotoCoreError as e:
-            raise StorageError(
-                f"artifact root {self.root}: cannot reach the object store at "
-                f"{self._endpoint_name()} ({e}); set {ENV_ENDPOINT} or registry.s3_endpoint_url "
-                "to the S3 server's address (e.g. http://minio:9000)"
-            ) from e
-
-    def _endpoint_name(self) -> str:
-        return self.endpoint_url or "the default AWS endpoint"
-
-    def _storage_error(self, code: str, e: Exception) -> StorageError:
-        where = f"artifact root {self.root} (endpoint {self._endpoint_name()})"
-        if code in ("NoSuchBucket", "404"):
-            return StorageError(
-                f"{where}: bucket {self.bucket!r} does not exist; create it (e.g. "
-                f"aws s3 mb s3://{self.bucket}) or point registry.artifacts / --artifacts at "
-                f"another bucket (and {ENV_ENDPOINT} at its server)"
-            )
-        if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403"):
-            return StorageError(
-                f"{where}: the object store refused the credentials ({code}); set "
-                "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) to a key that may "
-                f"read and write s3://{self.bucket}"
-            )
-        return StorageError(f"{where}: the object store failed: {e}")
 
     # -- keys -------------------------------------------------------------------------------------
 
@@ -221,31 +148,9 @@ class S3ArtifactStore:
     def _manifest_key(self, location: str) -> str:
         return self._key(location + manifest.SUFFIX)
 
-    def _list(self, prefix: str) -> list[dict[str, Any]]:
-        """Every object under a key prefix (``Key``, ``Size``, ``LastModified``)."""
-        found: list[dict[str, Any]] = []
-        token: dict[str, str] = {}
-        while True:
-            page = self._call("list_objects_v2", Bucket=self.bucket, Prefix=prefix, **token)
-            found += page.get("Contents", [])
-            if not page.get("IsTruncated"):
-                return found
-            token = {"ContinuationToken": page["NextContinuationToken"]}
-
-    def _delete(self, keys: Sequence[str]) -> None:
-        for i in range(0, len(keys), 1000):
-            batch = [{"Key": k} for k in keys[i : i + 1000]]
-            self._call("delete_objects", Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
-
     def _read_manifest(self, location: str) -> bytes | None:
         """The manifest's bytes, ``None`` when the object is not published."""
-        try:
-            body = self._call("get_object", Bucket=self.bucket, Key=self._manifest_key(location))
-        except Exception as e:
-            if getattr(e, "response", {}).get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-                return None
-            raise
-        return body["Body"].read()
+        return self._s3.get(self._manifest_key(location))
 
     def exists(self, sha256: str) -> bool:
         """Whether an artifact with this hash is published (its manifest exists)."""
@@ -271,15 +176,20 @@ class S3ArtifactStore:
             tmp: str | None = None
             try:
                 if not self._complete(self.location_for(local.sha256), local.entries):
-                    tmp = self._key(f"tmp/{_hostname()}-{os.getpid()}-{uuid.uuid4().hex}/")
-                    for rel, _ in local.entries:
-                        with open(local.path / rel, "rb") as f:
-                            self._call("put_object", Bucket=self.bucket, Key=tmp + rel, Body=f)
-                        fault_point("s3_upload", file=rel)
+                    tmp = self._upload(local)
                 yield S3StagedArtifact(local.path, local.sha256, local.size_bytes, local.entries, tmp)
             finally:
                 if tmp is not None:
-                    self._delete([o["Key"] for o in self._list(tmp)])
+                    self._s3.delete([o["Key"] for o in self._s3.list(tmp)])
+
+    def _upload(self, local: StagedArtifact) -> str:
+        """Upload a staged copy's files under a fresh, owner-named ``tmp/`` prefix; return it."""
+        tmp = self._key(f"tmp/{_hostname()}-{os.getpid()}-{uuid.uuid4().hex}/")
+        for rel, _ in local.entries:
+            with open(local.path / rel, "rb") as f:
+                self._s3.call("put_object", Key=tmp + rel, Body=f)
+            fault_point("s3_upload", file=rel)
+        return tmp
 
     def _complete(self, location: str, entries: Sequence[tuple[str, str]]) -> bool:
         """Whether the object is published with a manifest of exactly these files and a key for
@@ -288,22 +198,28 @@ class S3ArtifactStore:
         if body is None or manifest.decode(body, location.rsplit("/", 1)[1]) != dict(entries):
             return False
         base = self._key(location) + "/"
-        return {o["Key"][len(base):] for o in self._list(base)} == {rel for rel, _ in entries}
+        return {o["Key"][len(base):] for o in self._s3.list(base)} == {rel for rel, _ in entries}
 
     def publish(self, staged: S3StagedArtifact) -> StoredArtifact:
         """Copy the uploaded files to their ``objects/`` keys, then write the manifest (call
         while holding :meth:`lock`). A published, complete object is reused as it is."""
         location = self.location_for(staged.sha256)
-        if staged.tmp_prefix is None or self._complete(location, staged.entries):
+        if self._complete(location, staged.entries):
             self._keep_in_cache(staged)
             return StoredArtifact(staged.sha256, staged.size_bytes, location, created=False)
-        base = self._key(location) + "/"
-        for rel, _ in staged.entries:
-            source = {"Bucket": self.bucket, "Key": staged.tmp_prefix + rel}
-            self._call("copy_object", Bucket=self.bucket, Key=base + rel, CopySource=source)
-        fault_point("s3_publish", sha256=staged.sha256)
-        body = manifest.encode(staged.sha256, staged.entries)
-        self._call("put_object", Bucket=self.bucket, Key=self._manifest_key(location), Body=body)
+        # Not uploaded while staging because it was published then: removed since, so upload now.
+        tmp = staged.tmp_prefix or self._upload(staged)
+        try:
+            base = self._key(location) + "/"
+            for rel, _ in staged.entries:
+                source = {"Bucket": self.bucket, "Key": tmp + rel}
+                self._s3.call("copy_object", Key=base + rel, CopySource=source)
+            fault_point("s3_publish", sha256=staged.sha256)
+            body = manifest.encode(staged.sha256, staged.entries)
+            self._s3.call("put_object", Key=self._manifest_key(location), Body=body)
+        finally:
+            if tmp != staged.tmp_prefix:  # staged() deletes its own
+                self._s3.delete([o["Key"] for o in self._s3.list(tmp)])
         self._keep_in_cache(staged)
         return StoredArtifact(staged.sha256, staged.size_bytes, location, created=True)
 
@@ -325,8 +241,8 @@ class S3ArtifactStore:
         copy (call while holding :meth:`lock`). Returns whether a manifest was there."""
         location = self.location_for(sha256)
         had = self._read_manifest(location) is not None
-        self._delete([self._manifest_key(location)])
-        self._delete([o["Key"] for o in self._list(self._key(location) + "/")])
+        self._s3.delete([self._manifest_key(location)])
+        self._s3.delete([o["Key"] for o in self._s3.list(self._key(location) + "/")])
         self.cache.remove(sha256)
         return had
 
@@ -343,12 +259,12 @@ class S3ArtifactStore:
         now = time.time() if now is None else now
         base = self._key("tmp/")
         folders: dict[str, list[dict[str, Any]]] = {}
-        for o in self._list(base):
+        for o in self._s3.list(base):
             folders.setdefault(o["Key"][len(base):].split("/", 1)[0], []).append(o)
         removed = []
         for name, objs in sorted(folders.items()):
             if now - max(o["LastModified"].timestamp() for o in objs) > max_age_s:
-                self._delete([o["Key"] for o in objs])
+                self._s3.delete([o["Key"] for o in objs])
                 removed.append(f"{SCHEME}{self.bucket}/{base}{name}/")
         return removed
 
@@ -370,7 +286,7 @@ class S3ArtifactStore:
         tmp = self.cache.root / "tmp" / f"{_hostname()}-{os.getpid()}-{uuid.uuid4().hex}"
         base = self._key(location) + "/"
         try:
-            for o in self._list(base):
+            for o in self._s3.list(base):
                 rel = PurePosixPath(o["Key"][len(base):])
                 if rel.is_absolute() or ".." in rel.parts or not rel.parts:
                     raise HashMismatch(
@@ -380,7 +296,18 @@ class S3ArtifactStore:
                         problems=(f"bad key {o['Key']!r}",),
                     )
                 (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-                self._call("download_file", Bucket=self.bucket, Key=o["Key"], Filename=str(tmp / rel))
+                try:
+                    self._s3.call("download_file", Key=o["Key"], Filename=str(tmp / rel))
+                except Exception as e:
+                    if not is_missing_key(e):
+                        raise
+                    # the key vanished after the listing (a concurrent delete)
+                    raise HashMismatch(
+                        f"artifact at {uri!r}: key {o['Key']!r} vanished while downloading ({e}); "
+                        f"expected sha256 {expected_sha256}",
+                        expected=expected_sha256, actual=None, path=uri,
+                        problems=(f"file {rel.as_posix()!r} is missing",),
+                    ) from e
             if not tmp.is_dir():
                 raise HashMismatch(
                     f"artifact at {uri!r} has a manifest but no files; expected sha256 "

@@ -105,6 +105,19 @@ def test_publish_then_fetch_elsewhere_round_trips_verified(s3, tmp_path: Path) -
     assert writer.path(loc) == f"{uri}/{loc}"
 
 
+def test_an_object_removed_between_staging_and_publishing_is_uploaded_again(s3, tmp_path: Path) -> None:
+    client, uri, _ = s3
+    src = worker.write_artifact(tmp_path / "src", "w")
+    store = _open(s3, tmp_path)
+    first = store.put(src)
+    with store.staged(src) as staged, store.lock(staged.sha256):
+        assert staged.tmp_prefix is None  # published already: nothing uploaded
+        assert store.remove(staged.sha256) and not store.exists(staged.sha256)
+        again = store.publish(staged)
+    assert again.created and _open(s3, tmp_path, "reader").verify(again.location, first.sha256)
+    assert _keys(client, uri, "tmp/") == []
+
+
 def test_an_object_overwritten_in_the_bucket_is_refused_on_load(s3, tmp_path: Path) -> None:
     client, uri, _ = s3
     stored = _open(s3, tmp_path, "writer").put(worker.write_artifact(tmp_path / "src", "w"))
