@@ -332,7 +332,7 @@ class RegistryStore:
     def gc(self, **options: Any) -> GcReport:
         """Find (and with ``apply=True`` remove) orphan objects, staging leftovers and rows whose
         artifact is missing; a dry run by default. Options and safety rules:
-        :func:`registry.gc.collect`."""
+        :func:`registry.gc.collect` (an ``s3://`` root: :func:`registry.s3gc.collect`)."""
         from registry import s3gc  # the object-store root's own listing rules
         from registry.s3store import S3ArtifactStore
 
