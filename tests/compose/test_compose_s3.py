@@ -4,6 +4,7 @@ server on loopback, spoken to over real HTTP by boto3 (no mocks of S3)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from pathlib import Path
@@ -16,6 +17,7 @@ from moto.server import ThreadedMotoServer
 from kroncl.adapters import AdapterConfig
 from kroncl.config import RegistryConfig
 from pipelines.compose import compose, select_versions
+from pipelines.compose import main as compose_main
 from pipelines.registration import Registrar
 from registry import RegistryStore
 from registry.s3store import S3ArtifactStore
@@ -39,7 +41,7 @@ def moto_endpoint():
 
 
 def test_a_run_registers_into_s3_and_compose_loads_it_elsewhere(
-    trained, live_scores, make_batch, moto_endpoint, monkeypatch, tmp_path: Path
+    trained, live_scores, make_batch, moto_endpoint, monkeypatch, tmp_path: Path, capsys
 ):
     for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                  "AWS_DEFAULT_REGION": "us-east-1", "NO_PROXY": "127.0.0.1"}.items():
@@ -67,3 +69,11 @@ def test_a_run_registers_into_s3_and_compose_loads_it_elsewhere(
         live = live_scores(trained.sets["toy_larger"], batch)
         assert (composition.composed(batch) - live).abs().max().item() <= ATOL
         assert any((tmp_path / "reader").rglob("*.safetensors"))  # loaded from the verified cache
+
+    # The compose CLI on a third machine: endpoint and cache from the environment.
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)
+    monkeypatch.setenv("KRONCL_ARTIFACT_CACHE", str(tmp_path / "cli-cache"))
+    assert compose_main(["--registry-url", url, "--artifacts", uri, ref, "--merge", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["verified"] and out["mode"] == "merged"
+    assert any((tmp_path / "cli-cache").rglob("*.safetensors"))
