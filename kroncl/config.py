@@ -148,6 +148,9 @@ class RegistryConfig:
     enabled: bool = True
     url: str | None = None
     artifacts: str | None = None
+    """A folder, or ``s3://bucket/prefix`` for an S3-compatible object store."""
+    s3_endpoint_url: str | None = None
+    """The object store's S3 API address (None: ``$AWS_ENDPOINT_URL``, else AWS)."""
 
 
 def _check_choice(errors: list[str], key: str, value: Any, choices: tuple[str, ...]) -> None:

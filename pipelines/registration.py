@@ -111,7 +111,7 @@ class Registrar:
             url = settings.registry.url or f"sqlite:///{(root / 'registry.db').resolve()}"
             artifacts = settings.registry.artifacts or str((root / "registry_artifacts").resolve())
             root.mkdir(parents=True, exist_ok=True)
-            store = RegistryStore(url, artifacts)
+            store = RegistryStore(url, artifacts, s3_endpoint_url=settings.registry.s3_endpoint_url)
             register_base(store, base_name, revision, settings.model.seed, url)
         return cls(store, url, base_name, revision, adapter_cfg,
                    registry_name(settings.model.name), mlflow_run_id, settings.result_config, run_id)

@@ -118,6 +118,9 @@ def format_summary(result, *, settings, param_counts: dict[str, int], tracker, r
         cli = f"python -m registry --url {registry_url}"
         if registry_artifacts:
             cli += f" --artifacts {registry_artifacts}"
+            endpoint = settings.registry.s3_endpoint_url
+            if endpoint and registry_artifacts.startswith("s3://"):  # the CLI reads it from the environment
+                cli = f"AWS_ENDPOINT_URL={endpoint} {cli}"
         out.append(f"registry: {registry_url}   (this run's versions: {cli} list --run {result.run_id})")
     if result.mlflow_run_id:
         uri = settings.tracking.uri or default_tracking_uri(settings.runs_root)

@@ -9,7 +9,9 @@ Three layers, as in MLflow's model registry:
   over ``registry.catalog``, ``versions``, ``search``, ``lineage``, ``labels``).
 
 Artifacts (adapter directories or files) live in a content-addressed :class:`ArtifactStore` and
-are verified by sha256 whenever they are fetched. Backends: SQLite by default
+are verified by sha256 whenever they are fetched; the artifact root is a folder or, given as
+``s3://bucket/prefix``, an S3-compatible object store (:mod:`registry.s3store`, fetched through a
+verified local cache). Database backends: SQLite by default
 (``sqlite:///runs/registry.db``), PostgreSQL by URL (``postgresql+psycopg://...``).
 
 This package imports neither torch nor ``kroncl``: it stores metadata, lineage, hashes and
@@ -50,6 +52,7 @@ from registry.errors import (
     NotFound,
     RegistryError,
     SchemaTooNew,
+    StorageError,
 )
 from registry.names import LATEST, VersionRef, parse_ref
 from registry.store import RegistryStore
@@ -75,6 +78,7 @@ __all__ = [
     "RegistryError",
     "RegistryStore",
     "SchemaTooNew",
+    "StorageError",
     "StoredArtifact",
     "Task",
     "VerificationResult",

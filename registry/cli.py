@@ -1,4 +1,4 @@
-"""Command line: ``python -m registry [--url URL] [--artifacts DIR] [--json] COMMAND ...``.
+"""Command line: ``python -m registry [--url URL] [--artifacts DIR|s3://B/P] [--json] COMMAND ...``.
 
 Commands: ``list``, ``show``, ``lineage``, ``alias set|delete|list``, ``verify``, ``delete``,
 ``gc``, ``tasks``, ``models``, ``adapters``. Output is a plain table by default, JSON with
@@ -95,8 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--artifacts",
         default=argparse.SUPPRESS,
-        metavar="DIR",
-        help=f"artifact root (default: ${ENV_ARTIFACT_ROOT} or registry_artifacts/ beside the SQLite file)",
+        metavar="DIR|s3://BUCKET/PREFIX",
+        help=f"artifact root: a folder or an S3 prefix (endpoint: $AWS_ENDPOINT_URL); default "
+        f"${ENV_ARTIFACT_ROOT} or registry_artifacts/ beside the SQLite file",
     )
     common.add_argument(
         "--json", action="store_true", default=argparse.SUPPRESS, help="JSON output"

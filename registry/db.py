@@ -50,20 +50,21 @@ def sqlite_file(url: str) -> Path | None:
     return Path(u.database)
 
 
-def default_artifact_root(url: str) -> Path:
-    """Where artifacts go when not given: ``$KRONCL_ARTIFACT_ROOT``, else beside the SQLite file.
+def default_artifact_root(url: str) -> Path | str:
+    """Where artifacts go when not given: ``$KRONCL_ARTIFACT_ROOT`` (a folder, or an
+    ``s3://bucket/prefix`` URI, returned as text), else beside the SQLite file.
 
     Raises:
         InvalidValue: for a non-file URL (e.g. PostgreSQL) with no ``$KRONCL_ARTIFACT_ROOT``.
     """
     env = os.environ.get(ENV_ARTIFACT_ROOT)
     if env:
-        return Path(env)
+        return env if env.startswith("s3://") else Path(env)
     db_file = sqlite_file(url)
     if db_file is None:
         raise InvalidValue(
             f"no artifact root for registry URL {safe_url(url)!r}: pass artifact_root= "
-            f"(CLI: --artifacts DIR) or set {ENV_ARTIFACT_ROOT}"
+            f"(CLI: --artifacts DIR or s3://BUCKET/PREFIX) or set {ENV_ARTIFACT_ROOT}"
         )
     return db_file.resolve().parent / "registry_artifacts"
 

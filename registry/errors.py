@@ -106,3 +106,11 @@ class DatabaseError(RegistryError):
     (unreachable server, locked file after all retries, ...)."""
 
     code = "DATABASE_ERROR"
+
+
+class StorageError(RegistryError):
+    """The artifact store cannot be used: an object store's bucket is missing, the credentials
+    are refused or absent, or its endpoint cannot be reached. The message names the artifact
+    root and what to set (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ...)."""
+
+    code = "STORAGE_ERROR"

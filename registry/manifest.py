@@ -27,14 +27,34 @@ def manifest_path(object_dir: Path) -> Path:
     return object_dir.with_name(object_dir.name + SUFFIX)
 
 
+def encode(sha256: str, entries: Iterable[tuple[str, str]]) -> bytes:
+    """The manifest's bytes for an object (the same for every writer of the same content, so
+    concurrent writers of one object write identical manifests)."""
+    body = {"format": FORMAT, "sha256": sha256, "files": dict(sorted(entries))}
+    return json.dumps(body, indent=1, sort_keys=True).encode("utf-8")
+
+
+def decode(data: bytes, sha256: str) -> dict[str, str] | None:
+    """The trusted ``{relative path: file sha256}`` in a manifest's bytes, or ``None`` when they
+    are unusable (not JSON, wrong shape, or its pairs do not hash to ``sha256``)."""
+    try:
+        files = json.loads(data.decode("utf-8"))["files"]
+        if not isinstance(files, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in files.items()
+        ):
+            return None
+    except (ValueError, KeyError, TypeError):
+        return None
+    return files if tree_sha256(files.items()) == sha256 else None
+
+
 def write(path: Path, sha256: str, entries: Iterable[tuple[str, str]], scratch: Path) -> None:
     """Write a manifest atomically: into ``scratch`` (same filesystem), fsync, then rename.
 
     A reader therefore sees no manifest or a complete one, never a half-written JSON file.
     """
-    body = {"format": FORMAT, "sha256": sha256, "files": dict(sorted(entries))}
-    with open(scratch, "w", encoding="utf-8") as f:
-        json.dump(body, f, indent=1, sort_keys=True)
+    with open(scratch, "wb") as f:
+        f.write(encode(sha256, entries))
         f.flush()
         os.fsync(f.fileno())
     os.replace(scratch, path)
@@ -44,15 +64,9 @@ def read(path: Path, sha256: str) -> dict[str, str] | None:
     """The trusted ``{relative path: file sha256}`` of an object, or ``None`` when there is no
     usable manifest (missing, unreadable, or its pairs do not hash to ``sha256``)."""
     try:
-        body = json.loads(path.read_text(encoding="utf-8"))
-        files = body["files"]
-        if not isinstance(files, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in files.items()
-        ):
-            return None
-    except (OSError, ValueError, KeyError, TypeError):
+        return decode(path.read_bytes(), sha256)
+    except OSError:
         return None
-    return files if tree_sha256(files.items()) == sha256 else None
 
 
 def current_files(object_dir: Path) -> dict[str, str]:
@@ -78,10 +92,15 @@ def file_problems(object_dir: Path, sha256: str) -> list[str]:
         ``["tree hash differs (no usable per-file manifest ...)"]`` when there is no manifest;
         ``[]`` when the files match the manifest.
     """
-    expected = read(manifest_path(object_dir), sha256)
+    return compare(read(manifest_path(object_dir), sha256), current_files(object_dir))
+
+
+def compare(expected: dict[str, str] | None, now: dict[str, str]) -> list[str]:
+    """What differs between a manifest's files (``None``: no usable manifest) and the files an
+    object holds now (``{relative path: sha256}``), one phrase per file (see
+    :func:`file_problems`); the one comparison both the folder and the object-store root use."""
     if expected is None:
         return ["tree hash differs (no usable per-file manifest, so the changed file is unknown)"]
-    now = current_files(object_dir)
     problems = [f"file {rel!r} is missing" for rel in sorted(expected.keys() - now.keys())]
     problems += [f"extra file {rel!r}" for rel in sorted(now.keys() - expected.keys())]
     problems += [

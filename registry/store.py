@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from registry import catalog, labels, lineage, migrate, search, versions
 from registry import gc as gc_mod
-from registry.artifacts import ArtifactStore
+from registry.backend import open_artifacts
 from registry.db import default_artifact_root, default_url, safe_url
 from registry.entities import (
     Adapter,
@@ -64,8 +64,12 @@ class RegistryStore:
 
     Args:
         url: SQLAlchemy URL; default ``$KRONCL_REGISTRY_URL`` or ``sqlite:///runs/registry.db``.
-        artifact_root: directory for artifacts; default ``$KRONCL_ARTIFACT_ROOT`` or
+        artifact_root: directory for artifacts, or ``s3://bucket/prefix`` for an S3-compatible
+            object store (:mod:`registry.s3store`); default ``$KRONCL_ARTIFACT_ROOT`` or
             ``registry_artifacts/`` beside the SQLite file.
+        s3_endpoint_url: the object store's S3 API address (default ``$AWS_ENDPOINT_URL``).
+        artifact_cache: local folder for an object store's staging and verified copies
+            (default ``$KRONCL_ARTIFACT_CACHE`` or ``~/.cache/kroncl/artifacts``).
         auto_upgrade: migrate an empty or older database to this code's schema on open.
         echo: log SQL.
 
@@ -73,6 +77,7 @@ class RegistryStore:
         SchemaTooNew: the database was migrated by newer code.
         InvalidValue: bad URL, or no artifact root can be derived (PostgreSQL without one).
         DatabaseError: the database cannot be reached.
+        StorageError: an object-store root's bucket, credentials or endpoint are wrong.
     """
 
     def __init__(
@@ -82,14 +87,22 @@ class RegistryStore:
         *,
         auto_upgrade: bool = True,
         echo: bool = False,
+        s3_endpoint_url: str | None = None,
+        artifact_cache: str | Path | None = None,
     ) -> None:
         self.url = url or default_url()
         self._sessions = Sessions(self.url, echo=echo)
         self._engine = self._sessions.engine
         self._write_engine = self._sessions.write_engine
         self.dialect = self._sessions.dialect
-        root = Path(artifact_root) if artifact_root is not None else default_artifact_root(self.url)
-        self.artifacts = ArtifactStore(root)
+        root = artifact_root if artifact_root is not None else default_artifact_root(self.url)
+        try:
+            self.artifacts = open_artifacts(
+                root, endpoint_url=s3_endpoint_url, cache_dir=artifact_cache
+            )
+        except BaseException:
+            self._engine.dispose()
+            raise
         try:
             self.schema_revision = migrate.ensure_schema(self._write_engine, upgrade=auto_upgrade)
         except SQLAlchemyError as e:
@@ -319,9 +332,13 @@ class RegistryStore:
     def gc(self, **options: Any) -> GcReport:
         """Find (and with ``apply=True`` remove) orphan objects, staging leftovers and rows whose
         artifact is missing; a dry run by default. Options and safety rules:
-        :func:`registry.gc.collect`."""
-        return gc_mod.collect(
-            self.artifacts,
+        :func:`registry.gc.collect` (an ``s3://`` root: :func:`registry.s3gc.collect`)."""
+        from registry import s3gc  # the object-store root's own listing rules
+        from registry.s3store import S3ArtifactStore
+
+        collect = s3gc.collect if isinstance(self.artifacts, S3ArtifactStore) else gc_mod.collect
+        return collect(
+            self.artifacts,  # type: ignore[arg-type]
             self.search_versions(),
             lambda sha256: versions.is_referenced(self._run, sha256),
             lambda ref: self.delete_version(ref, delete_artifact=False),

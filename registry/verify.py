@@ -5,14 +5,14 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import TypeVar
 
-from registry.artifacts import ArtifactStore
+from registry.backend import ArtifactBackend
 from registry.entities import AdapterVersion, VerificationResult
 from registry.errors import HashMismatch, InvalidValue
 
 T = TypeVar("T")
 
 
-def verify_one(artifacts: ArtifactStore, v: AdapterVersion) -> VerificationResult:
+def verify_one(artifacts: ArtifactBackend, v: AdapterVersion) -> VerificationResult:
     """One version's result; a bad row (location outside the root, unreadable files) is a
     failed result too, so one bad row never hides the others."""
     try:

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 from sqlalchemy import delete, exists, select, update
 from sqlalchemy.orm import Session
 
-from registry.artifacts import ArtifactStore
+from registry.backend import ArtifactBackend
 from registry.entities import AdapterVersion
 from registry.errors import Conflict, InvalidValue, RegistryError
 from registry.labels import upsert_alias
@@ -59,7 +59,7 @@ Run = Callable[..., Any]  # Sessions.run: run(fn, *, write=True)
 
 def register_version(
     run: Run,
-    artifacts: ArtifactStore,
+    artifacts: ArtifactBackend,
     adapter: str,
     artifact_path: str | Path,
     *,
@@ -150,7 +150,7 @@ def register_version(
 
 def _publish_and_insert(
     run: Run,
-    artifacts: ArtifactStore,
+    artifacts: ArtifactBackend,
     adapter: str,
     artifact_path: str | Path,
     files: Sequence[str] | None,
@@ -247,7 +247,7 @@ def is_referenced(run: Run, sha256: str) -> bool:
     )
 
 
-def remove_artifact_if_unreferenced(run: Run, artifacts: ArtifactStore, sha256: str) -> None:
+def remove_artifact_if_unreferenced(run: Run, artifacts: ArtifactBackend, sha256: str) -> None:
     """Remove an artifact no version references (caller holds ``artifacts.lock(sha256)``)."""
     try:
         if not is_referenced(run, sha256):

@@ -26,7 +26,7 @@ import threading
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
@@ -94,18 +94,21 @@ class MlflowServer:
             pass
 
 
-def launch_mlflow_server(root: Path) -> MlflowServer:
-    """Start (without waiting for) an ``mlflow server`` storing everything under ``root``."""
+def launch_mlflow_server(root: Path, *, artifacts_destination: str | None = None,
+                         extra_env: dict[str, str] | None = None) -> MlflowServer:
+    """Start (without waiting for) an ``mlflow server`` storing everything under ``root``
+    (artifacts in ``artifacts_destination`` when given, e.g. ``s3://bucket/prefix``)."""
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
     log = root / "server.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # no background job workers in tests
+    env.update(extra_env or {})
     cmd = [
         sys.executable, "-m", "mlflow", "server",
         "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
         "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
-        "--artifacts-destination", str(root / "server-artifacts"),
+        "--artifacts-destination", artifacts_destination or str(root / "server-artifacts"),
     ]
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -121,6 +124,25 @@ def mlflow_server(tmp_path: Path) -> Iterator[MlflowServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def start_mlflow_server(tmp_path: Path) -> Iterator[Callable[..., MlflowServer]]:
+    """``start_mlflow_server(**options of launch_mlflow_server)``: a healthy server; every one
+    started is stopped after the test."""
+    started: list[MlflowServer] = []
+
+    def start(**options: Any) -> MlflowServer:
+        server = launch_mlflow_server(tmp_path / f"mlflow-server-{len(started)}", **options)
+        started.append(server)
+        server.wait_healthy()
+        return server
+
+    try:
+        yield start
+    finally:
+        for server in started:
+            server.stop()
 
 
 @pytest.fixture

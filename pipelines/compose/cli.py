@@ -55,8 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("registry")
     g.add_argument("--registry-url", default=None, help="registry database URL (default: $KRONCL_REGISTRY_URL or "
                    "sqlite:///runs/registry.db)")
-    g.add_argument("--artifacts", default=None, metavar="DIR", help="artifact root (default: $KRONCL_ARTIFACT_ROOT, "
-                   "else registry_artifacts/ beside the SQLite file)")
+    g.add_argument("--artifacts", default=None, metavar="DIR|s3://BUCKET/PREFIX",
+                   help="artifact root: a folder or an S3 prefix (endpoint: $AWS_ENDPOINT_URL; default: "
+                   "$KRONCL_ARTIFACT_ROOT, else registry_artifacts/ beside the SQLite file)")
     g.add_argument("--task", action="append", default=[], help="add the newest version of TASK (repeatable)")
     g.add_argument("--bits", type=int, choices=(32, 16, 8, 4), help="only versions of this precision")
     g.add_argument("--run", metavar="RUN_ID", help="with --task: that run's version (the run_id in its run.json)")
