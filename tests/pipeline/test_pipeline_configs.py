@@ -234,3 +234,13 @@ def test_bad_eval_settings_name_the_key_and_the_choices(compose_config, override
     cfg = compose_config([override])
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_settings(OmegaConf.to_container(cfg, resolve=True))
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("train.dropout=1.5", "train.dropout=1.5 must be in [0, 1), or null to keep the model's own"),
+    ("train.collective_timeout_s=0", "train.collective_timeout_s=0"),
+])
+def test_bad_dropout_and_collective_timeout_name_the_key(compose_config, override, message):
+    with pytest.raises(ConfigError) as err:
+        load_settings(OmegaConf.to_container(compose_config([override]), resolve=True))
+    assert message in str(err.value)
