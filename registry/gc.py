@@ -75,6 +75,13 @@ class GcReport:
         return sum(i.size_bytes for i in self.items if i.action in ("remove", "removed"))
 
 
+def checked_clock(grace_s: float, now: float | None) -> float:
+    """``now`` (default: the time) after refusing a grace that is not seconds >= 0; both stores' gc."""
+    if isinstance(grace_s, bool) or not isinstance(grace_s, (int, float)) or not grace_s >= 0:
+        raise InvalidValue(f"grace={grace_s!r}: expected a number of seconds >= 0")
+    return time.time() if now is None else now
+
+
 def collect(
     artifacts: ArtifactStore,
     versions: Sequence[AdapterVersion],
@@ -101,9 +108,7 @@ def collect(
         InvalidValue: bad ``grace_s``, or ``apply`` on an empty database while objects exist
             (a wrong ``--url`` would otherwise delete every artifact).
     """
-    if isinstance(grace_s, bool) or not isinstance(grace_s, (int, float)) or not grace_s >= 0:
-        raise InvalidValue(f"grace={grace_s!r}: expected a number of seconds >= 0")
-    now = time.time() if now is None else now
+    now = checked_clock(grace_s, now)
     items: list[GcItem] = []
     items += _objects(artifacts, {v.sha256 for v in versions}, grace_s, now)
     if apply and not versions and any(i.kind == "orphan-object" for i in items):

@@ -16,7 +16,6 @@ Keys this store does not write are reported and left alone. ``apply=False`` chan
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
@@ -24,7 +23,7 @@ from typing import Any
 from registry import manifest
 from registry.entities import AdapterVersion
 from registry.errors import InvalidValue, RegistryError
-from registry.gc import DEFAULT_GRACE_S, GcItem, GcReport
+from registry.gc import DEFAULT_GRACE_S, GcItem, GcReport, checked_clock
 from registry.s3store import S3ArtifactStore
 
 _OBJECT_KEY = re.compile(r"^objects/([0-9a-f]{2})/([0-9a-f]{64})(\.manifest\.json|/.+)$")
@@ -45,9 +44,7 @@ def collect(
 ) -> GcReport:
     """Find (and with ``apply`` remove) leftovers; arguments as :func:`registry.gc.collect`
     (``include_other_hosts`` changes nothing here: every host's ``tmp/`` folder goes by age)."""
-    if isinstance(grace_s, bool) or not isinstance(grace_s, (int, float)) or not grace_s >= 0:
-        raise InvalidValue(f"grace={grace_s!r}: expected a number of seconds >= 0")
-    now = time.time() if now is None else now
+    now = checked_clock(grace_s, now)
     base = artifacts._key("")
     objects: dict[str, list[dict[str, Any]]] = {}
     published: set[str] = set()
