@@ -25,7 +25,8 @@ def tokenizer():
 
 @pytest.fixture(scope="module", params=["llama", "mistral"])
 def model(request, tokenizer) -> DecoderMultipleChoice:
-    return tiny_decoder(request.param, seed=0, max_length=40, tokenizer=tokenizer)
+    """The per-choice layout (model.shared_prompt=false); the packed one: test_decoder_shared_prompt.py."""
+    return tiny_decoder(request.param, seed=0, max_length=40, tokenizer=tokenizer, shared_prompt=False)
 
 
 def _manual_scores(model: DecoderMultipleChoice, example: MCExample) -> list[float]:
@@ -53,7 +54,7 @@ def test_encode_marks_the_choice_tokens(model):
 
 
 def test_encode_truncates_the_prompt_from_the_left(tokenizer):
-    m = tiny_decoder("llama", max_length=12, tokenizer=tokenizer)
+    m = tiny_decoder("llama", max_length=12, tokenizer=tokenizer, shared_prompt=False)
     feats = m.encode(MCExample("l", "word " * 40, ["the cat sat on the mat", "x"], 0))
     assert all(len(ids) == 12 for ids in feats["input_ids"])
     assert m.tokenizer.decode(feats["input_ids"][0][-feats["choice_lengths"][0]:]) == " the cat sat on the mat"
