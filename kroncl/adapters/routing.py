@@ -63,12 +63,13 @@ def row_adapters(adapted: nn.Module, names: Sequence[str], rows: torch.Tensor,
 def sequence_rows(batch: dict[str, torch.Tensor], per_row: torch.Tensor) -> torch.Tensor:
     """Per-question values repeated for every sequence the model feeds its layers.
 
-    Both model kinds flatten the real choices of a batch, in row-major order of ``choice_mask``,
-    into the leading dimension (``kroncl.models.base`` contract); without a ``choice_mask`` a
-    row is one sequence.
+    Encoders and per-choice decoders flatten the real choices of a batch, in row-major order of
+    ``choice_mask``, into the leading dimension (``kroncl.models.base`` contract); a packed
+    decoder batch (``segment_ids``: ``model.shared_prompt``) and a batch without a
+    ``choice_mask`` feed one sequence per question.
     """
     mask = batch.get("choice_mask")
-    if mask is None:
+    if mask is None or "segment_ids" in batch:
         return per_row
     return per_row[:, None].expand(mask.shape)[mask.to(per_row.device)]
 

@@ -2,8 +2,8 @@
 
 Public API::
 
-    ModelConfig(name, kind, name_or_path, gguf_file, max_length, length_normalize, seed,
-                dtype, prompt_template, default_targets)
+    ModelConfig(name, kind, name_or_path, gguf_file, max_length, length_normalize, shared_prompt,
+                seed, dtype, prompt_template, default_targets)
     build_model(cfg) -> MultipleChoiceModel
     MultipleChoiceModel: backbone, tokenizer, kind, head_modules, default_targets,
         encode(example) -> dict, collate(features) -> dict[str, Tensor],

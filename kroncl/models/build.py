@@ -150,4 +150,5 @@ def _build_tiny(cfg: ModelConfig) -> MultipleChoiceModel:
     kind, arch = TINY_MODELS[cfg.name]
     if kind == "encoder":
         return tiny_encoder(arch, seed=cfg.seed, max_length=cfg.max_length)
-    return tiny_decoder(arch, seed=cfg.seed, max_length=cfg.max_length, length_normalize=cfg.length_normalize)
+    return tiny_decoder(arch, seed=cfg.seed, max_length=cfg.max_length, length_normalize=cfg.length_normalize,
+                        shared_prompt=cfg.shared_prompt)

@@ -95,6 +95,9 @@ class ModelConfig:
     """Tokens per (question, choice) sequence; longer ones are truncated. null = the preset's (128/256)."""
     length_normalize: bool = False
     """Decoder only: score a choice by its mean token log-likelihood instead of the sum."""
+    shared_prompt: bool = True
+    """Decoder only: read each question's prompt once, all its choices packed after it in one
+    sequence (block attention mask), instead of once per choice; the same scores, fewer tokens."""
     seed: int = 0
     """Seeds the newly initialised classifier head (encoders)."""
     dtype: str = "float32"

@@ -95,6 +95,7 @@ def tiny_decoder(
     length_normalize: bool = False,
     tokenizer: Any = None,
     attn_implementation: str = "sdpa",
+    shared_prompt: bool = True,
 ) -> DecoderMultipleChoice:
     """A 2-layer, 32-wide causal LM (Llama or Mistral) with a tiny BPE tokenizer."""
     from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
@@ -115,6 +116,6 @@ def tiny_decoder(
             raise ValueError(f"arch={arch!r} must be one of {DECODER_ARCHS}")
     config = ModelConfig(
         name="custom", kind="decoder", name_or_path=f"tiny-{arch}", max_length=max_length, seed=seed,
-        length_normalize=length_normalize,
+        length_normalize=length_normalize, shared_prompt=shared_prompt,
     )
     return DecoderMultipleChoice(backbone, tok, config, default_targets=default_targets_for(arch)).eval()

@@ -1,4 +1,4 @@
-"""``python -m pipelines.bench {adapters,quant,compose,mixed,gpu,train,ddp,continual,sweep} [options]``: dispatch to a benchmark's ``main(argv)``."""
+"""``python -m pipelines.bench {adapters,quant,compose,mixed,scoring,gpu,train,ddp,continual,sweep} [options]``: dispatch to a benchmark's ``main(argv)``."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ COMMANDS = {
     "quant": ("pipelines.bench.quant", "int8/int4 adapter artifacts: bytes, ΔW error, accuracy drop (Kron vs LoRA)"),
     "compose": ("pipelines.bench.compose", "compose a per-task MiniLM model from the registry: lookup, fetch, load, merge"),
     "mixed": ("pipelines.bench.mixed", "mixed-task batches over resident adapters: one forward vs one per task"),
+    "scoring": ("pipelines.bench.scoring", "decoder scoring: the prompt read once per question vs once per choice"),
     "gpu": ("pipelines.bench.gpu", "GPU check: Kron vs LoRA-8 bf16 train step, peak memory, merged inference vs base"),
     "train": ("pipelines.bench.train", "a full training step of a whole model: Kron-LoRA vs LoRA-8 vs PEFT LoRA/LoKr"),
     "ddp": ("pipelines.bench.ddp", "data-parallel training throughput: 2 processes under torchrun vs 1"),
