@@ -195,7 +195,19 @@ def world_from_env(timeout_s: float = 1800.0, device_type: str = "cpu") -> World
     return World(torch.distributed.get_rank(), torch.distributed.get_world_size(), local_rank, timeout_s)
 
 
-def leave(world: World) -> None:
-    """Destroy the process group ``world`` joined (no-op for :data:`SINGLE`)."""
-    if world.distributed and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+def leave(world: World, *, together: bool = True) -> None:
+    """Destroy the process group ``world`` joined (no-op for :data:`SINGLE`).
+
+    ``together`` (a normal end) first waits at a barrier for every rank: a rank destroying its
+    gloo group while a peer still holds the connection could abort the process at exit
+    ("terminate called without an active exception"). After an error there is no barrier: the
+    peers may be dead, and waiting would only add a second timeout.
+    """
+    if not (world.distributed and torch.distributed.is_initialized()):
+        return
+    if together:
+        try:
+            torch.distributed.barrier()
+        except (RuntimeError, ValueError):
+            pass  # a peer is gone: leave anyway
+    torch.distributed.destroy_process_group()

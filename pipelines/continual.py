@@ -106,19 +106,23 @@ def run(cfg: DictConfig | dict, run_dir: Path | None = None, hydra_dir: Path | N
     resolved = cfg if isinstance(cfg, dict) else OmegaConf.to_container(cfg, resolve=True)
     settings = load_settings(resolved)
     world = world_from_env(settings.train.collective_timeout_s, resolve_device(settings.train.device).type)
+    ended_well = False
     try:
         if not world.is_main:
-            return run_worker(settings, world)
-        start = StartSender(world)
-        try:
-            return run_main(settings, resolved, world, start, run_dir, hydra_dir, overrides)
-        except BaseException as exc:
-            start.stop(f"{type(exc).__name__}: {exc}")  # the others must not wait for a start
-            raise
-        finally:
-            start.stop()  # a finished run: nothing to train
+            result = run_worker(settings, world)
+        else:
+            start = StartSender(world)
+            try:
+                result = run_main(settings, resolved, world, start, run_dir, hydra_dir, overrides)
+            except BaseException as exc:
+                start.stop(f"{type(exc).__name__}: {exc}")  # the others must not wait for a start
+                raise
+            finally:
+                start.stop()  # a finished run: nothing to train
+        ended_well = True
+        return result
     finally:
-        leave(world)
+        leave(world, together=ended_well)  # all ranks leave at once, unless one failed
 
 
 def run_main(settings: RunSettings, resolved: dict[str, Any], world: World, start: StartSender,
