@@ -60,6 +60,8 @@ def base_model_identity(model) -> tuple[str, str]:
         name = cfg.name  # a preset shipped as a local folder (minilm, smollm2)
     else:
         name = source if "/" in source and not Path(source).exists() else Path(source).name
+    if cfg.base_quant is not None:  # other weights under the same name: its own base model
+        name = f"{name}-{cfg.base_quant}"
     return (name if "/" in name else registry_name(name)), digest.hexdigest()[:16]
 
 

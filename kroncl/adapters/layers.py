@@ -271,6 +271,9 @@ class AdapterLinear(nn.Module):
             w, b = self._original_weight, self._original_bias
         else:
             w, b = self.base_layer.weight, self.base_layer.bias
+        if not w.is_floating_point():  # a bitsandbytes base (model.base_quant) stores codes
+            raise AdapterStateError(f"layer '{self.layer_name}': the base weight is quantized ({w.dtype}); "
+                                    "merge into the unquantized base model (model.base_quant=null)")
         new_w = w + dw.to(w.dtype)
         new_b = None
         if db is not None:

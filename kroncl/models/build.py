@@ -19,7 +19,7 @@ from kroncl.models.base import MultipleChoiceModel
 from kroncl.models.config import DTYPES, TINY_MODELS, ModelConfig, default_targets_for
 from kroncl.models.decoder import DecoderMultipleChoice
 from kroncl.models.encoder import EncoderMultipleChoice
-from kroncl.models.errors import ModelLoadError
+from kroncl.models.errors import ModelConfigError, ModelLoadError
 
 log = logging.getLogger("kroncl.models")
 
@@ -117,12 +117,14 @@ def build_model(cfg: ModelConfig) -> MultipleChoiceModel:
     from transformers import AutoModelForCausalLM, AutoModelForMultipleChoice
 
     cfg = cfg.resolved()
+    quant_kwargs = base_quant_kwargs(cfg) if cfg.base_quant is not None else {}  # refused before any load
     if cfg.name in TINY_MODELS:
         return _build_tiny(cfg)
     _check_reachable(cfg)
     tokenizer = load_tokenizer(cfg)
     auto = AutoModelForMultipleChoice if cfg.kind == "encoder" else AutoModelForCausalLM
     kwargs: dict[str, Any] = {"dtype": DTYPES[cfg.dtype], "output_loading_info": True}
+    kwargs.update(quant_kwargs)
     if cfg.gguf_file:
         kwargs["gguf_file"] = cfg.gguf_file
     with torch.random.fork_rng(devices=[]):
@@ -142,6 +144,32 @@ def build_model(cfg: ModelConfig) -> MultipleChoiceModel:
         log.info("newly initialised head module(s) %s (seed %d)", heads, cfg.seed)
     model = MODEL_CLASSES[cfg.kind](backbone, tokenizer, cfg, head_modules=heads, default_targets=targets)
     return model.eval()
+
+
+def base_quant_kwargs(cfg: ModelConfig) -> dict[str, Any]:
+    """``from_pretrained`` arguments loading the frozen base quantized by bitsandbytes
+    (``model.base_quant``), on this process's GPU (``LOCAL_RANK`` under torchrun).
+
+    Raises:
+        ModelConfigError: no CUDA GPU is visible, or the model is a tiny one (built in code).
+    """
+    import os
+
+    if cfg.name in TINY_MODELS:
+        raise ModelConfigError(f"model.base_quant={cfg.base_quant} loads a pretrained model quantized; "
+                               f"model={cfg.name} is built in code: use model.base_quant=null")
+    if not torch.cuda.is_available():
+        raise ModelConfigError(
+            f"model.base_quant={cfg.base_quant} needs a CUDA GPU (bitsandbytes' 8-/4-bit kernels) and none "
+            "is visible; use model.base_quant=null on this machine")
+    from transformers import BitsAndBytesConfig
+
+    if cfg.base_quant == "int8":
+        quant = BitsAndBytesConfig(load_in_8bit=True)
+    else:
+        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                   bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_use_double_quant=True)
+    return {"quantization_config": quant, "device_map": {"": int(os.environ.get("LOCAL_RANK", "0") or 0)}}
 
 
 def _build_tiny(cfg: ModelConfig) -> MultipleChoiceModel:

@@ -78,6 +78,10 @@ TINY_MODELS: dict[str, tuple[str, str]] = {
 }
 
 
+BASE_QUANTS = ("int8", "nf4")
+"""bitsandbytes formats ``model.base_quant`` may load the frozen base in."""
+
+
 @dataclass
 class ModelConfig:
     """Which base model scores the choices, and how."""
@@ -102,6 +106,9 @@ class ModelConfig:
     """Seeds the newly initialised classifier head (encoders)."""
     dtype: str = "float32"
     """Weights dtype: float32 | bfloat16 | float16 | auto."""
+    base_quant: str | None = None
+    """Load the frozen base quantized by bitsandbytes (QLoRA-style; the adapters stay float):
+    null | int8 (LLM.int8) | nf4 (4-bit NormalFloat, bf16 compute). Needs a CUDA GPU."""
     prompt_template: str = "Question: {question}\nAnswer:"
     """Decoder only: the prompt each choice is scored after (``{question}`` is filled in)."""
     default_targets: list[str] = field(default_factory=list)
@@ -153,6 +160,9 @@ class ModelConfig:
             errors.append(f"model.max_length={self.max_length!r} must be an integer >= 4")
         if self.dtype not in DTYPES:
             errors.append(f"model.dtype={self.dtype!r} must be one of {list(DTYPES)}")
+        if self.base_quant is not None and self.base_quant not in BASE_QUANTS:
+            errors.append(f"model.base_quant={self.base_quant!r} must be one of {list(BASE_QUANTS)}, "
+                          "or null for an unquantized base")
         if isinstance(self.prompt_template, str) and "{question}" not in self.prompt_template:
             errors.append(f"model.prompt_template={self.prompt_template!r} must contain {{question}}")
         if self.name in TINY_MODELS:
