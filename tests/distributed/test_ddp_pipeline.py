@@ -2,7 +2,7 @@
 
 The configuration has every piece with state or randomness a data-parallel run could get wrong:
 replay (its own loader), EWC (an importance pass), LwF (a teacher forward), model selection,
-int8 quantization and registration. ``train.dropout=0``: dropout masks are drawn per process, so
+int8 quantization and registration; the 2-process runs add gradient checkpointing. ``train.dropout=0``: dropout masks are drawn per process, so
 with dropout two processes are another random draw, not the same run.
 
 Tolerance: the gradients are the same up to float summation order (``test_world.py`` checks them
@@ -42,7 +42,10 @@ def kroncl(runs: Path, *args: str, ranks: int, fault: str | None = None) -> subp
     if fault:
         env["KRONCL_FAULT"] = fault
     launcher = TORCHRUN if ranks == 2 else [sys.executable]
-    return subprocess.run([*launcher, "-m", "kroncl.run", *CONFIG, f"paths.runs={runs}", *args], cwd=REPO,
+    # The 2-process runs also recompute activations in backward: checkpointing must work under
+    # torchrun and change no number (it is a speed knob), so it may differ from the 1-process run.
+    knobs = ["train.gradient_checkpointing=true"] if ranks == 2 else []
+    return subprocess.run([*launcher, "-m", "kroncl.run", *CONFIG, *knobs, f"paths.runs={runs}", *args], cwd=REPO,
                           env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
 
 
