@@ -73,8 +73,8 @@ class TrainConfig:
     """Recompute the backbone's activations in backward instead of keeping them (non-reentrant,
     RNG preserved: the same numbers, less memory, about one more forward of compute)."""
     num_workers: int = 0
-    """DataLoader worker processes for training batches (0 = in this process). The same batches,
-    but not bit-identical results to 0 workers (see :data:`SPEED_ONLY`)."""
+    """DataLoader worker processes for training batches (0 = in this process): the same batches
+    in the same order, the same results."""
     pin_memory: bool = False
     """Page-locked training batches for faster host-to-GPU copies (used only on CUDA)."""
     dropout: float | None = None
@@ -86,11 +86,9 @@ class TrainConfig:
     gather, rank 0's start message) before the job fails instead of hanging on a dead rank."""
 
 
-SPEED_ONLY = ("progress", "threads", "gradient_checkpointing", "pin_memory", "collective_timeout_s")
-"""train.* keys that change how fast a run goes, never its results. Not ``num_workers``: a toy
-run's accuracies differ with 1 worker from 0 (tests/pipeline/test_pipeline_speed_knobs.py)
-although the batches and their scores are identical; the cause is not found yet, so a resume
-may not switch it silently."""
+SPEED_ONLY = ("progress", "threads", "gradient_checkpointing", "pin_memory", "num_workers", "collective_timeout_s")
+"""train.* keys that change how fast a run goes, never its results (a resume may change them;
+tests/pipeline/test_pipeline_speed_knobs.py)."""
 
 
 @dataclass

@@ -27,7 +27,7 @@ import torch
 from avalanche.training.plugins import EvaluationPlugin, SupervisedPlugin
 from avalanche.training.templates import SupervisedTemplate
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
+from tqdm import tqdm  # not tqdm.auto: see _progress
 
 from kroncl.config import TrainConfig
 from kroncl.distributed import SINGLE, World
@@ -272,6 +272,9 @@ class KronclStrategy(SupervisedTemplate):
 
     # ---- loops ---------------------------------------------------------------------------
     def _progress(self, iterable, desc: str):
+        # tqdm.auto's bar opens an iterator of its iterable at once and then iterates it again:
+        # a DataLoader opened twice per epoch, whose discarded iterator took a draw from the
+        # order's generator and, with workers, started a worker pool and drew the epoch's order.
         return tqdm(
             iterable, desc=desc, leave=False, dynamic_ncols=True,
             disable=not self.train_cfg.progress or not self.world.is_main,
@@ -281,6 +284,11 @@ class KronclStrategy(SupervisedTemplate):
         accum = self.train_cfg.grad_accum
         n_batches = len(self.dataloader)
         desc = f"train exp {self.experience_index} epoch {self.clock.train_exp_epochs + 1}"
+        generator = getattr(self.dataloader, "generator", None)
+        if isinstance(self.dataloader, DataLoader) and generator is not None:
+            # The draw the discarded iterator of the old progress bar took (see _progress): kept,
+            # so the batch order is the one runs had before, with or without loader workers.
+            torch.empty((), dtype=torch.int64).random_(generator=generator)
         bar = self._progress(self.dataloader, desc)
         self.optimizer.zero_grad(set_to_none=True)
         for i, self.mbatch in enumerate(bar):
