@@ -21,9 +21,10 @@ from kroncl.adapters import adapter_state_dict, load_adapter_state_dict
 from kroncl.adapters.routing import routed_forward
 
 
-def batch_to_device(batch: dict, device: torch.device | str) -> dict:
-    """``batch`` with its tensors on ``device`` (other values, e.g. ids, as they are)."""
-    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+def batch_to_device(batch: dict, device: torch.device | str, non_blocking: bool = False) -> dict:
+    """``batch`` with its tensors on ``device`` (other values, e.g. ids, as they are);
+    ``non_blocking`` lets a copy from pinned memory overlap the GPU's work."""
+    return {k: v.to(device, non_blocking=non_blocking) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
 def count_correct(scores: torch.Tensor, labels: torch.Tensor) -> tuple[int, int]:

@@ -32,6 +32,7 @@ from tqdm import tqdm  # not tqdm.auto: see _progress
 from kroncl.config import TrainConfig
 from kroncl.distributed import SINGLE, World
 from kroncl.errors import ConfigError
+from kroncl.evaluate import batch_to_device
 from kroncl.faults import fault_point
 from kroncl.adapters.routing import TokenCentroidRouter, confident_forward, routed_forward
 from kroncl.strategy.adapter_sets import AdapterSets
@@ -177,10 +178,7 @@ class KronclStrategy(SupervisedTemplate):
         return self.mbatch["task_labels"]
 
     def _unpack_minibatch(self) -> None:
-        self.mbatch = {
-            k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v
-            for k, v in self.mbatch.items()
-        }
+        self.mbatch = batch_to_device(self.mbatch, self.device, non_blocking=True)
 
     def _autocast(self):
         if self.amp_dtype is None:
