@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import io
 import logging
+import re
 import statistics
 import sys
 import time
@@ -27,12 +28,10 @@ from pathlib import Path
 
 from pipelines.bench.results_table import Row, RunInfo, load_run, stream_report, write_outputs
 
-ADAPTERS = {
-    "kron2x2": ["adapter=kron", "adapter.a_out=2", "adapter.a_in=2", "adapter.r=8"],
-    "kron4x4": ["adapter=kron", "adapter.a_out=4", "adapter.a_in=4", "adapter.r=8"],
-    "lora8": ["adapter=lora", "adapter.r=8"],
-    "lora16": ["adapter=lora", "adapter.r=16"],
-}
+ADAPTERS = ("kron2x2", "kron4x4", "lora8", "lora16")
+"""The table's adapters (the default ``--adapters``); any name :func:`adapter_overrides` parses
+works too, e.g. ``--adapters kron2x2,kron4x4,kron8x8,kron2x4`` for the d_A ablation."""
+ADAPTER_FORMS = "kron<a_out>x<a_in> (Kron-LoRA, A a_out x a_in, r=8; e.g. kron8x8, kron2x4), lora<r> (e.g. lora8)"
 MODES = ("sequential", "per_task", "orthogonal")
 PLUGINS = ("replay", "ewc", "lwf")
 ALIASES = {p: f"sequential+{p}" for p in PLUGINS}
@@ -52,6 +51,22 @@ class BadInput(ValueError):
 
 class Refused(Exception):
     """The project's config validation refuses this cell (e.g. strategy=per_task with ewc)."""
+
+
+def adapter_overrides(name: str) -> list[str]:
+    """``kron4x2`` -> Kron-LoRA with A 4x2 and r=8; ``lora16`` -> LoRA r=16 (Hydra overrides)."""
+    if m := re.fullmatch(r"kron([1-9]\d*)x([1-9]\d*)", name):
+        return ["adapter=kron", f"adapter.a_out={m[1]}", f"adapter.a_in={m[2]}", "adapter.r=8"]
+    if m := re.fullmatch(r"lora([1-9]\d*)", name):
+        return ["adapter=lora", f"adapter.r={m[1]}"]
+    raise BadInput(f"unknown adapter {name!r}; choices: {', '.join(ADAPTERS)} or {ADAPTER_FORMS}")
+
+
+def parse_adapters(text: str) -> list[str]:
+    names = parse_list(text, None, "adapter")
+    for name in names:
+        adapter_overrides(name)
+    return names
 
 
 def parse_list(text: str, choices: Sequence[str] | None, what: str) -> list[str]:
@@ -104,8 +119,8 @@ def parse_lr(text: str | None, adapters: Sequence[str]) -> dict[str, float]:
     out = {}
     for part in parse_list(text, None, "--lr"):
         name, sep, value = part.partition("=")
-        if not sep or name not in ADAPTERS:
-            raise BadInput(f"--lr: unknown method {name!r} in {part!r}; choices: {', '.join(ADAPTERS)}")
+        if not sep or name not in adapters:
+            raise BadInput(f"--lr: unknown method {name!r} in {part!r}; the --adapters are: {', '.join(adapters)}")
         out[name] = parse_float(value, f"--lr {name}")
     return out
 
@@ -114,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m pipelines.bench continual", description=__doc__.split("\n\n")[0])
     p.add_argument("--stream", default="arc", help="comma list of streams (kroncl/configs/stream): toy, arc, commonsense")
     p.add_argument("--model", default="minilm", help="model config (tiny, minilm, ...)")
-    p.add_argument("--adapters", default=",".join(ADAPTERS), help=f"comma list of {', '.join(ADAPTERS)}")
+    p.add_argument("--adapters", default=",".join(ADAPTERS), help=f"comma list of {', '.join(ADAPTERS)} or {ADAPTER_FORMS}")
     p.add_argument("--strategies", default="sequential,per_task,orthogonal,replay,ewc,lwf",
                    help="comma list: sequential, per_task, orthogonal, replay, ewc, lwf (= sequential+X), MODE+PLUGIN")
     p.add_argument("--labels", default="known,unknown",
@@ -166,7 +181,7 @@ class Cell:
 
     def overrides(self) -> list[str]:
         mode, plugins = parse_strategy(self.strategy)
-        return [f"stream={self.stream}", *ADAPTERS[self.adapter], f"strategy={mode}",
+        return [f"stream={self.stream}", *adapter_overrides(self.adapter), f"strategy={mode}",
                 f"strategy.plugins=[{','.join(plugins)}]", f"eval.task_labels={self.labels}"]
 
     def name(self, lr: float | None, seed: int) -> str:
@@ -245,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
                 setattr(args, key, value)
     try:
         streams = parse_list(args.stream, None, "stream")
-        adapters = parse_list(args.adapters, list(ADAPTERS), "adapter")
+        adapters = parse_adapters(args.adapters)
         strategies = parse_list(args.strategies, None, "strategy")
         for s in strategies:
             parse_strategy(s)

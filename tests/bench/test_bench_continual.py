@@ -139,7 +139,8 @@ def test_a_setting_error_stops_with_its_message_not_a_refused_row(tmp_path, caps
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--adapters", "kron2x2,lora32"], "unknown adapter 'lora32'; choices: kron2x2, kron4x4, lora8, lora16"),
+    (["--adapters", "kron2x2,dora8"], "unknown adapter 'dora8'; choices: kron2x2, kron4x4, lora8, lora16 or kron<a_out>x<a_in>"),
+    (["--adapters", "kron0x2"], "unknown adapter 'kron0x2'"),
     (["--strategies", "sequential,gem"], "unknown strategy 'gem'; choices: sequential"),
     (["--lr", "kron2x2=6e-3,dora=1e-3"], "--lr: unknown method 'dora'"),
     (["--lr", "kron2x2=fast"], "--lr kron2x2: 'fast' is not a number"),
@@ -164,3 +165,15 @@ def test_lr_grid_picks_by_validation_not_test():
     lr, runs = cell.chosen()
     assert lr == 1e-3 and runs == cell.runs[1e-3]  # best mean validation (0.65), not best test
     assert "lr by val 0.650" in cell.note
+
+
+@pytest.mark.parametrize("name,adapter", [
+    ("kron8x8", {"method": "kron", "a_out": 8, "a_in": 8, "r": 8}),
+    ("kron2x4", {"method": "kron", "a_out": 2, "a_in": 4, "r": 8}),
+    ("lora32", {"method": "lora", "r": 32}),
+])
+def test_d_a_ablation_names_compose_to_their_adapter(name, adapter):
+    from pipelines.bench.continual import adapter_overrides, compose
+
+    cfg = compose(["model=tiny", *adapter_overrides(name)])
+    assert {k: cfg.adapter[k] for k in adapter} == adapter
