@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from omegaconf import OmegaConf
+
 from kroncl.errors import ConfigError
 from kroncl.fields import check_types, shown
 from kroncl.metrics.matrix import TASK_LABELS
@@ -41,6 +43,18 @@ SCHEDULES = ("linear", "cosine", "constant")
 DEVICES = ("cpu", "cuda", "auto")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SELECTIONS = ("best_val", "last")
+DEFAULT_LR = {"kron": 2e-3, "lora": 2e-3}
+"""``train.lr`` when the command line does not set it, per adapter method, so each method runs at
+its own measured best rather than at one shared value (README, "Learning-rate defaults": the
+sweep that chose these). The train config reads it as ``${kroncl_default_lr:${adapter.method}}``."""
+
+
+def default_lr(method: str) -> float:
+    # An unknown method gets LoRA's value here; AdapterConfig.validate then names the bad key.
+    return DEFAULT_LR.get(method, DEFAULT_LR["lora"])
+
+
+OmegaConf.register_new_resolver("kroncl_default_lr", default_lr, replace=True)
 
 
 @dataclass

@@ -16,6 +16,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from kroncl.config import load_settings  # also registers the kroncl_default_lr resolver train.lr uses
 from kroncl.errors import KronclError
 
 _SUFFIX = secrets.token_hex(3)
@@ -27,8 +28,6 @@ OmegaConf.register_new_resolver("kroncl_run_suffix", lambda: _SUFFIX, replace=Tr
 @hydra.main(version_base="1.3", config_path="configs", config_name="config")
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
-
-    from kroncl.config import load_settings
 
     hydra = HydraConfig.get()
     hydra_dir = Path(hydra.runtime.output_dir)

@@ -202,11 +202,13 @@ class Cell:
         self.note = (self.note + f" lr by val {scored[lr]:.3f}").strip()
         return lr, self.runs[lr]
 
-    def row(self, lr_default: str) -> Row:
+    def row(self) -> Row:
         lr, runs = self.chosen() if self.runs else (None, [])
+        if lr is None and runs:  # the method's default (kroncl.config.DEFAULT_LR), as the runs used it
+            lr = runs[0].config["train"]["lr"]
         labels = self.labels if parse_strategy(self.strategy)[0] in LABEL_MODES else "-"
         return Row({"adapter": self.adapter, "strategy": self.strategy, "labels": labels,
-                    "lr": f"{lr:g}" if lr else lr_default}, runs, self.note)
+                    "lr": f"{lr:g}" if lr else "-"}, runs, self.note)
 
 
 def run_one(overrides: list[str], run_dir: Path) -> tuple[RunInfo, bool]:
@@ -317,9 +319,8 @@ def main(argv: list[str] | None = None) -> int:
               + (f" lr={lr:g}" if lr else "") + f" seed={seed}: ACC "
               + ("n/a" if acc is None else f"{acc:.3f}") + f" ({time.perf_counter() - t0:.0f}s)", flush=True)
     wall = time.perf_counter() - started
-    lr_default = next((f"{r.config['train']['lr']:g}" for c in cells for rs in c.runs.values() for r in rs), "-")
     try:
-        tables = {st: [c.row(lr_default) for c in cells if c.stream == st] for st in streams}
+        tables = {st: [c.row() for c in cells if c.stream == st] for st in streams}
     except BadInput as exc:
         parser.error(str(exc))
     keys = ["adapter", "strategy", "labels", "lr"]
