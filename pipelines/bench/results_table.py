@@ -109,6 +109,7 @@ class Row:
         return {**self.keys, "params_per_set": self.params, "seeds": self.seeds,
                 "n": len(self.runs), "note": self.note, "collapsed": self.flag.strip(),
                 **{m: {"mean": s[0], "std": s[1], "n": s[2]} for m, s in self.stats().items()},
+                "val_acc": dict(zip(("mean", "std", "n"), mean_std(r.val_acc for r in self.runs))),
                 "runs": [str(r.run_dir) for r in self.runs]}
 
 
@@ -145,12 +146,14 @@ HEAD = {"acc": "ACC", "bwt": "BWT", "fwt": "FWT", "forgetting": "forgetting"}
 def table_cells(rows: Sequence[Row], key_names: Sequence[str],
                 width: int = 60) -> tuple[list[str], list[list[str]]]:
     """Header and cells; notes (a refusal's reason) cut at ``width`` (whole in the JSON)."""
-    header = [*key_names, "params/set", *(HEAD[m] for m in METRICS), "n", "note"]
+    header = [*key_names, "params/set", *(HEAD[m] for m in METRICS), "val", "n", "note"]
     body = []
     for row in rows:
         stats = row.stats()
         cells = [row.keys.get(k, "") for k in key_names] + [row.params]
         cells += [fmt_mean_std(*stats[m][:2], signed=m != "acc") if row.runs else "-" for m in METRICS]
+        val = mean_std(r.val_acc for r in row.runs)
+        cells.append(fmt_mean_std(*val[:2]) if val[2] else "-")
         note = (row.flag + row.note).strip()
         cells += [str(len(row.runs)), note if len(note) <= width else note[:width - 1] + "…"]
         body.append(cells)
@@ -172,7 +175,8 @@ def format_markdown(rows: Sequence[Row], key_names: Sequence[str]) -> str:
 
 LEGEND = ("ACC: mean final accuracy over tasks; BWT/forgetting: change/drop of earlier tasks' accuracy "
           "by the end; FWT: accuracy of a task before training it minus before any training; "
-          "mean ± sample std over n seeds; params/set: trainable parameters of one adapter set "
+          "mean ± sample std over n seeds; val: validation accuracy of the selected epochs (what --lr-grid "
+          "chooses by; never test); params/set: trainable parameters of one adapter set "
           "(per_task/orthogonal train one set per task)")
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.bench.__main__ import main as bench_main
+from pipelines.bench.results_table import load_run
 
 REPO = Path(__file__).resolve().parents[2]
 SMALL = ["--stream", "toy", "--model", "tiny", "--max-train", "48", "--max-test", "24", "--epochs", "1",
@@ -57,11 +58,13 @@ def test_printed_mean_std_are_those_of_the_runs(continual):
         summaries = [json.loads((out_dir / "runs" / "toy" / f"{adapter}-sequential-known-s{s}" / "summary.json").read_text())
                      for s in (0, 1)]
         cells = rows[(adapter, "sequential")]
-        # adapter, strategy, labels, lr, params/set, ACC, BWT, FWT, forgetting, n
+        # adapter, strategy, labels, lr, params/set, ACC, BWT, FWT, forgetting, val, n
         assert cells[4] == f"{summaries[0]['param_counts']['adapter_set']:,}"
         for i, m in enumerate(METRICS):
             assert cells[5 + i] == expected([s["summary"][m] for s in summaries], signed=m != "acc"), m
-        assert cells[9] == "2"
+        vals = [load_run(out_dir / "runs" / "toy" / f"{adapter}-sequential-known-s{s}").val_acc for s in (0, 1)]
+        assert cells[9] == f"{statistics.fmean(vals):.3f} ± {statistics.stdev(vals):.3f}"
+        assert cells[10] == "2"
         chance = summaries[0]["reference"]["toy_larger"]["chance"]
         assert f"toy_larger: chance {chance:.3f}" in out
     doc = json.loads((out_dir / "results.json").read_text())

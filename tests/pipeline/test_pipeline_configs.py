@@ -244,3 +244,13 @@ def test_bad_dropout_and_collective_timeout_name_the_key(compose_config, overrid
     with pytest.raises(ConfigError) as err:
         load_settings(OmegaConf.to_container(compose_config([override]), resolve=True))
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize("method", ["kron", "lora"])
+def test_train_lr_defaults_to_its_adapter_methods_own(compose_config, tmp_path, method):
+    from kroncl.config import DEFAULT_LR
+
+    base = ["model=tiny", f"paths.runs={tmp_path}", f"adapter={method}"]
+    assert load_settings(OmegaConf.to_container(compose_config(base), resolve=True)).train.lr == DEFAULT_LR[method]
+    given = load_settings(OmegaConf.to_container(compose_config([*base, "train.lr=0.0005"]), resolve=True))
+    assert given.train.lr == 0.0005  # the command line wins

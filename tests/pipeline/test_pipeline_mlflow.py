@@ -50,7 +50,9 @@ def test_run_is_finished_in_the_configured_experiment(int4_run, mlflow_run):
 def test_params_are_the_flattened_composed_config(int4_run, mlflow_run):
     _, run = mlflow_run
     params = run.data.params
-    assert params["train.lr"] == "0.002"
+    from kroncl.config import DEFAULT_LR
+
+    assert params["train.lr"] == str(DEFAULT_LR[params["adapter.method"]])  # the method's default lr
     assert params["stream.name"] == "toy"
     assert params["stream.max_train"] == "48"
     assert params["quant.scheme"] == "int4"

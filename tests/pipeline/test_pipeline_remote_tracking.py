@@ -40,7 +40,9 @@ def test_run_against_an_mlflow_server_over_http(tmp_path: Path, mlflow_server, p
     info = mlflow_server.get("runs/get", run_id=run_id)["run"]
     assert info["info"]["status"] == "FINISHED"
     params = {p["key"]: p["value"] for p in info["data"]["params"]}
-    assert params["train.lr"] == "0.002" and params["tracking.uri"] == mlflow_server.url
+    from kroncl.config import DEFAULT_LR
+
+    assert params["train.lr"] == str(DEFAULT_LR[params["adapter.method"]]) and params["tracking.uri"] == mlflow_server.url
     metric_keys = {mm["key"] for mm in info["data"]["metrics"]}
     assert "avalanche/Top1_Acc_Exp/eval_phase/test_stream/Task000/Exp000" in metric_keys
     assert not any(k.startswith("quant/") for k in metric_keys)  # quant=none
