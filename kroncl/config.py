@@ -43,7 +43,7 @@ SCHEDULES = ("linear", "cosine", "constant")
 DEVICES = ("cpu", "cuda", "auto")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SELECTIONS = ("best_val", "last")
-DEFAULT_LR = {"kron": 2e-3, "lora": 2e-3}
+DEFAULT_LR = {"kron": 3e-3, "lora": 3e-3}
 """``train.lr`` when the command line does not set it, per adapter method, so each method runs at
 its own measured best rather than at one shared value (README, "Learning-rate defaults": the
 sweep that chose these). The train config reads it as ``${kroncl_default_lr:${adapter.method}}``."""

@@ -24,6 +24,7 @@ METRICS = ("acc", "bwt", "fwt", "forgetting")
 
 def expected(values: list[float], signed: bool) -> str:
     mean, std = statistics.fmean(values), statistics.stdev(values)
+    mean = round(mean, 3) + 0.0  # the table prints no "-0.000" for a mean that rounds to 0
     return (f"{mean:+.3f}" if signed else f"{mean:.3f}") + f" ± {std:.3f}"
 
 
