@@ -20,13 +20,12 @@ import contextlib
 import io
 import logging
 import re
-import statistics
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipelines.bench.results_table import Row, RunInfo, load_run, stream_report, write_outputs
+from pipelines.bench.results_table import Row, RunInfo, load_run, mean_std, stream_report, write_outputs
 
 ADAPTERS = ("kron2x2", "kron4x4", "lora8", "lora16")
 """The table's adapters (the default ``--adapters``); any name :func:`adapter_overrides` parses
@@ -193,9 +192,9 @@ class Cell:
             return next(iter(self.runs.items()))
         scored = {}
         for lr, runs in self.runs.items():
-            vals = [r.val_acc for r in runs if r.val_acc is not None]
-            if vals:
-                scored[lr] = statistics.fmean(vals)
+            mean, _, n = mean_std(r.val_acc for r in runs)
+            if n:
+                scored[lr] = mean
         if not scored:
             raise BadInput("--lr-grid needs validation accuracies (train.select=best_val)")
         lr = max(scored, key=lambda k: (scored[k], -k))

@@ -91,6 +91,10 @@ class Row:
     def stats(self) -> dict[str, tuple[float | None, float | None, int]]:
         return {m: mean_std(r.metric(m) for r in self.runs) for m in METRICS}
 
+    def val_stats(self) -> tuple[float | None, float | None, int]:
+        """Validation accuracy of the selected epochs over the seeds: what ``--lr-grid`` chooses by."""
+        return mean_std(r.val_acc for r in self.runs)
+
     @property
     def params(self) -> str:
         counts = {r.param_counts.get("adapter_set") for r in self.runs}
@@ -109,7 +113,7 @@ class Row:
         return {**self.keys, "params_per_set": self.params, "seeds": self.seeds,
                 "n": len(self.runs), "note": self.note, "collapsed": self.flag.strip(),
                 **{m: {"mean": s[0], "std": s[1], "n": s[2]} for m, s in self.stats().items()},
-                "val_acc": dict(zip(("mean", "std", "n"), mean_std(r.val_acc for r in self.runs))),
+                "val_acc": dict(zip(("mean", "std", "n"), self.val_stats())),
                 "runs": [str(r.run_dir) for r in self.runs]}
 
 
@@ -152,7 +156,7 @@ def table_cells(rows: Sequence[Row], key_names: Sequence[str],
         stats = row.stats()
         cells = [row.keys.get(k, "") for k in key_names] + [row.params]
         cells += [fmt_mean_std(*stats[m][:2], signed=m != "acc") if row.runs else "-" for m in METRICS]
-        val = mean_std(r.val_acc for r in row.runs)
+        val = row.val_stats()
         cells.append(fmt_mean_std(*val[:2]) if val[2] else "-")
         note = (row.flag + row.note).strip()
         cells += [str(len(row.runs)), note if len(note) <= width else note[:width - 1] + "…"]
