@@ -63,7 +63,9 @@ class TrainConfig:
     """Passes over each experience's training set."""
     batch_size: int = 16
     eval_batch_size: int = 64
-    lr: float = 2e-3
+    lr: float = DEFAULT_LR["kron"]
+    """Peak learning rate. The Hydra config sets it per adapter method (``DEFAULT_LR``); a library
+    caller training LoRA adapters passes ``lr=default_lr("lora")`` (or its own)."""
     weight_decay: float = 0.0
     schedule: str = "linear"
     """Learning-rate schedule after warmup: linear | cosine | constant (restarted per experience)."""

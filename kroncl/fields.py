@@ -60,7 +60,7 @@ def shown(value: Any) -> str:
 
 
 def _example(key: str, field: dataclasses.Field, value: Any) -> str:
-    """``e.g. train.lr=0.002`` from the field's default, when it has a plain one (a lone
+    """``e.g. train.lr=0.003`` from the field's default, when it has a plain one (a lone
     name for a list field becomes ``[name]``)."""
     if isinstance(value, str) and field.default_factory is list:
         return f", e.g. {key}=[{value}]"

@@ -146,7 +146,7 @@ def one_error_line(proc: subprocess.CompletedProcess) -> str:
     (["+quant=nf5"], "error: quant=nf5 is not a choice; choose one of: int4, int8, nf4, none"),
     (["model=tiny-lama"], "error: model=tiny-lama is not a choice; choose one of: custom, distilbert, "
                           "minilm, smollm2, tiny, tiny-distilbert, tiny-llama"),
-    (["train.lr=abc"], "error: invalid configuration: train.lr='abc' must be a number, e.g. train.lr=0.002"),
+    (["train.lr=abc"], "error: invalid configuration: train.lr='abc' must be a number, e.g. train.lr=0.003"),
     (["train.epochs=1.5"], "error: invalid configuration: train.epochs=1.5 must be a whole number, "
                            "e.g. train.epochs=3"),
     (["stream.tasks=[arc_easy,'my task']"], "error: invalid configuration: invalid stream config: "

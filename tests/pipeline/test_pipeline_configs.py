@@ -75,7 +75,7 @@ def settings_error(compose_config, tmp_path: Path, overrides: list[str]) -> str:
 
 
 @pytest.mark.parametrize(("override", "message"), [
-    ("train.lr=abc", "train.lr='abc' must be a number, e.g. train.lr=0.002"),
+    ("train.lr=abc", "train.lr='abc' must be a number, e.g. train.lr=0.003"),
     ("train.epochs=1.5", "train.epochs=1.5 must be a whole number, e.g. train.epochs=3"),
     ("train.batch_size=true", "train.batch_size=true must be a whole number, e.g. train.batch_size=16"),
     ("train.grad_accum=2.0", "train.grad_accum=2.0 must be a whole number, e.g. train.grad_accum=1"),
@@ -104,7 +104,7 @@ def test_every_type_problem_is_listed_once(compose_config, tmp_path):
     lines = error.splitlines()
     assert lines[0] == "invalid configuration:"
     assert lines[1:] == ["  - train.epochs=1.5 must be a whole number, e.g. train.epochs=3",
-                         "  - train.lr='abc' must be a number, e.g. train.lr=0.002",
+                         "  - train.lr='abc' must be a number, e.g. train.lr=0.003",
                          "  - seed='x' must be a whole number, e.g. seed=0"]  # not again as stream/model.seed
 
 
