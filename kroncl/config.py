@@ -24,7 +24,7 @@ from kroncl.fields import check_types, shown
 from kroncl.metrics.matrix import TASK_LABELS
 
 ROUTERS = ("centroid", "entropy")
-from kroncl.quant.scheme import DEFAULT_BLOCK_SIZE, SCHEME_NAMES, block_size_problem
+from kroncl.quant.scheme import DEFAULT_BLOCK_SIZE, SCHEME_NAMES, block_size_problem, keep_below_problem
 
 STRATEGY_MODES = ("sequential", "per_task", "orthogonal")
 PLUGINS = ("replay", "lwf", "ewc")
@@ -142,12 +142,15 @@ class QuantConfig:
     """One of ``kroncl.quant.scheme.SCHEME_NAMES`` ("none" stores no quantized copy)."""
     block_size: int = DEFAULT_BLOCK_SIZE
     """Values per scale for the 4-bit schemes (see ``QuantScheme.block_size``)."""
+    keep_below: int = 0
+    """Tensors with fewer values stay unquantized, bfloat16 (65: Kron-LoRA's A factors; see
+    ``QuantScheme.keep_below``); 0 quantizes every tensor."""
 
     def to_scheme(self):  # -> kroncl.quant.QuantScheme | None
         """The ``QuantScheme`` these settings name (None for "none")."""
         from kroncl.quant.scheme import QuantScheme
 
-        return QuantScheme.from_name(self.scheme, block_size=self.block_size)
+        return QuantScheme.from_name(self.scheme, block_size=self.block_size, keep_below=self.keep_below)
 
 
 @dataclass
@@ -235,9 +238,10 @@ def validate_eval(cfg: EvalConfig, errors: list[str]) -> None:
 
 def validate_quant(cfg: QuantConfig, errors: list[str]) -> None:
     _check_choice(errors, "quant", cfg.scheme, SCHEME_NAMES)
-    problem = block_size_problem(cfg.block_size)
-    if problem:
-        errors.append(f"quant.block_size={cfg.block_size!r}: {problem}")
+    for key, value, problem in (("block_size", cfg.block_size, block_size_problem(cfg.block_size)),
+                                ("keep_below", cfg.keep_below, keep_below_problem(cfg.keep_below))):
+        if problem:
+            errors.append(f"quant.{key}={value!r}: {problem}")
 
 
 def build_section(cls: type, node: Any, key: str, errors: list[str]) -> Any:

@@ -2,7 +2,8 @@
 
 Plain torch + safetensors: stored files load on any CPU without a GPU or quantization library.
 
-- Schemes: `QuantScheme` (kind "int8" | "int4" | "nf4", block_size, scale_dtype),
+- Schemes: `QuantScheme` (kind "int8" | "int4" | "nf4", block_size, scale_dtype, keep_below:
+  tensors with fewer values stored unquantized as bfloat16, ``"<key>.kept"``),
   `QuantScheme.from_name("none" | "int8" | "int4" | "nf4")`.
 - State dicts: `quantize_tensors(tensors, scheme) -> (packed, meta)` and
   `dequantize_tensors(packed, meta, dtype)`. ``packed`` holds ``"<key>.qweight"`` and

@@ -37,6 +37,9 @@ DEFAULT_SCALE_DTYPE = "bfloat16"
 
 DEFAULT_BLOCK_SIZE = 64
 
+KEPT_DTYPE = "bfloat16"
+"""Storage dtype of the tensors a scheme keeps unquantized (``QuantScheme.keep_below``)."""
+
 
 @dataclass(frozen=True)
 class QuantScheme:
@@ -53,12 +56,18 @@ class QuantScheme:
             "float16" (2 bytes; a tensor whose scales fall outside float16's normal range is
             stored with float32 scales instead) or "float32" (4 bytes). See
             `kroncl.quant.scales` for why the error bound holds with any of them.
+        keep_below: a tensor with fewer values than this is stored unquantized, as bfloat16
+            (0, the default, quantizes every tensor). Kron-LoRA's A factor has 4-64 values per
+            layer: quantized, they share one or two scales, which costs most of Kron-LoRA's
+            quantization error; kept at 16 bits they add a few bytes per layer
+            (``python -m pipelines.bench quant --keep-below 65`` measures both).
     """
 
     bits: int
     kind: str
     block_size: int = DEFAULT_BLOCK_SIZE
     scale_dtype: str = DEFAULT_SCALE_DTYPE
+    keep_below: int = 0
 
     def __post_init__(self) -> None:
         if self.kind not in KIND_BITS:
@@ -75,6 +84,9 @@ class QuantScheme:
             raise ConfigError(
                 f"Unknown scale_dtype {self.scale_dtype!r}; use one of {sorted(SCALE_DTYPES)}."
             )
+        problem = keep_below_problem(self.keep_below)
+        if problem:
+            raise ConfigError(problem)
 
     @property
     def torch_scale_dtype(self) -> torch.dtype:
@@ -90,7 +102,8 @@ class QuantScheme:
 
     @classmethod
     def from_name(
-        cls, name: str, block_size: int = DEFAULT_BLOCK_SIZE, scale_dtype: str = DEFAULT_SCALE_DTYPE
+        cls, name: str, block_size: int = DEFAULT_BLOCK_SIZE, scale_dtype: str = DEFAULT_SCALE_DTYPE,
+        keep_below: int = 0,
     ) -> QuantScheme | None:
         """Build a scheme from its user-facing name.
 
@@ -98,6 +111,7 @@ class QuantScheme:
             name: "none", "int8", "int4" or "nf4" (case-insensitive).
             block_size: elements per scale for the 4-bit kinds (positive integer).
             scale_dtype: "bfloat16", "float16" or "float32".
+            keep_below: tensors with fewer values stay unquantized (bfloat16); 0 = none.
 
         Returns:
             The scheme, or None for "none" (store full precision).
@@ -112,7 +126,8 @@ class QuantScheme:
         kind = name.lower()
         if kind == "none":
             return None
-        return cls(bits=KIND_BITS[kind], kind=kind, block_size=block_size, scale_dtype=scale_dtype)
+        return cls(bits=KIND_BITS[kind], kind=kind, block_size=block_size, scale_dtype=scale_dtype,
+                   keep_below=keep_below)
 
     def to_meta(self) -> dict[str, Any]:
         """The scheme part of the JSON metadata (no per-tensor entries)."""
@@ -122,6 +137,7 @@ class QuantScheme:
             "block_size": self.block_size,
             "granularity": self.granularity,
             "scale_dtype": self.scale_dtype,
+            "keep_below": self.keep_below,
             "format_version": FORMAT_VERSION,
         }
 
@@ -150,6 +166,7 @@ class QuantScheme:
                 meta["scheme"],
                 block_size=meta.get("block_size", DEFAULT_BLOCK_SIZE),
                 scale_dtype=meta.get("scale_dtype", DEFAULT_SCALE_DTYPE),
+                keep_below=meta.get("keep_below", 0),  # absent in files written before it existed
             )
         except ConfigError as err:
             raise QuantFormatError(f"Bad quantization metadata: {err}") from err
@@ -172,6 +189,16 @@ def block_size_problem(block_size: Any) -> str | None:
         return (
             f"Quantization block_size must be a positive integer, got {block_size!r}; "
             f"{DEFAULT_BLOCK_SIZE} is the usual choice."
+        )
+    return None
+
+
+def keep_below_problem(keep_below: Any) -> str | None:
+    """Why ``keep_below`` is not a valid threshold, or None when it is."""
+    if isinstance(keep_below, bool) or not isinstance(keep_below, int) or keep_below < 0:
+        return (
+            f"Quantization keep_below must be an integer >= 0 (values; 0 quantizes every tensor), "
+            f"got {keep_below!r}; 65 keeps Kron-LoRA's A factors (up to 8x8) at 16 bits."
         )
     return None
 

@@ -8,6 +8,9 @@ Stored layout (one safetensors file): for every adapter tensor ``<key>`` (e.g.
 - ``"<key>.scales"``: 1-D scales, bfloat16 by default (float16 or float32 on request; see
   `kroncl.quant.scales`),
 
+except a tensor with fewer values than the scheme's ``keep_below``, stored unquantized as one
+entry ``"<key>.kept"`` (bfloat16, its own shape) and listed under the metadata's ``"kept"``;
+
 and a JSON-able metadata dict for ``adapter_config.json["quantization"]``: the scheme
 (`QuantScheme.to_meta`) plus ``"shapes"`` (key -> original shape) and ``"dtypes"`` (key ->
 original dtype name).
@@ -25,10 +28,11 @@ from kroncl.quant.blockwise4 import dequantize_blockwise_4bit, num_blocks, quant
 from kroncl.quant.inputs import numel_of
 from kroncl.quant.int8 import as_rows, dequantize_int8_rows, quantize_int8_rows
 from kroncl.quant.scales import STORED_SCALE_DTYPES
-from kroncl.quant.scheme import QuantScheme
+from kroncl.quant.scheme import KEPT_DTYPE, QuantScheme
 
 QWEIGHT_SUFFIX = ".qweight"
 SCALES_SUFFIX = ".scales"
+KEPT_SUFFIX = ".kept"
 
 _DTYPES_BY_NAME: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -73,8 +77,15 @@ def quantize_tensors(
     packed: dict[str, torch.Tensor] = {}
     shapes: dict[str, list[int]] = {}
     dtypes: dict[str, str] = {}
+    kept: list[str] = []
     for key in sorted(tensors):
         x = tensors[key]
+        shapes[key] = list(x.shape)
+        dtypes[key] = dtype_name(x.dtype)
+        if x.numel() < scheme.keep_below:
+            packed[key + KEPT_SUFFIX] = x.detach().to(getattr(torch, KEPT_DTYPE)).contiguous()
+            kept.append(key)
+            continue
         try:
             if scheme.kind == "int8":
                 q, scales = quantize_int8_rows(x, scheme.torch_scale_dtype)
@@ -86,11 +97,10 @@ def quantize_tensors(
             raise QuantizationError(f"Adapter tensor {key!r}: {err}") from err
         packed[key + QWEIGHT_SUFFIX] = q
         packed[key + SCALES_SUFFIX] = scales
-        shapes[key] = list(x.shape)
-        dtypes[key] = dtype_name(x.dtype)
     meta = scheme.to_meta()
     meta["shapes"] = shapes
     meta["dtypes"] = dtypes
+    meta["kept"] = kept
     return packed, meta
 
 
@@ -116,7 +126,9 @@ def dequantize_tensors(
     """
     scheme = QuantScheme.from_meta(dict(meta))
     shapes = _read_shapes(meta)
-    expected = {k + sfx for k in shapes for sfx in (QWEIGHT_SUFFIX, SCALES_SUFFIX)}
+    kept = _read_kept(meta, shapes)
+    expected = {k + KEPT_SUFFIX for k in kept} | {
+        k + sfx for k in shapes if k not in kept for sfx in (QWEIGHT_SUFFIX, SCALES_SUFFIX)}
     missing = sorted(expected - set(packed))
     unexpected = sorted(set(packed) - expected)
     if missing or unexpected:
@@ -127,8 +139,11 @@ def dequantize_tensors(
     recorded = meta.get("dtypes") or {}
     out: dict[str, torch.Tensor] = {}
     for key, shape in shapes.items():
-        q, scales = packed[key + QWEIGHT_SUFFIX], packed[key + SCALES_SUFFIX]
         target_dtype = dtype if dtype is not None else _recorded_dtype(recorded, key)
+        if key in kept:
+            out[key] = _read_kept_tensor(key, packed[key + KEPT_SUFFIX], shape).to(target_dtype)
+            continue
+        q, scales = packed[key + QWEIGHT_SUFFIX], packed[key + SCALES_SUFFIX]
         _check_scales(key, scales)
         try:
             if scheme.kind == "int8":
@@ -173,6 +188,24 @@ def _read_shapes(meta: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
             )
         result[key] = tuple(shape)
     return result
+
+
+def _read_kept(meta: Mapping[str, Any], shapes: Mapping[str, Any]) -> set[str]:
+    kept = meta.get("kept", [])  # absent in files written before keep_below existed
+    if not isinstance(kept, list) or not all(isinstance(k, str) and k in shapes for k in kept):
+        raise QuantFormatError(
+            f"Quantization metadata: 'kept' must list keys of 'shapes', got {kept!r}."
+        )
+    return set(kept)
+
+
+def _read_kept_tensor(key: str, x: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    if x.dtype != getattr(torch, KEPT_DTYPE) or tuple(x.shape) != shape:
+        raise QuantFormatError(
+            f"{key + KEPT_SUFFIX!r} has dtype {x.dtype} and shape {tuple(x.shape)}; a kept tensor "
+            f"is stored as {KEPT_DTYPE} of its recorded shape {list(shape)}."
+        )
+    return x
 
 
 def _recorded_dtype(recorded: Mapping[str, Any], key: str) -> torch.dtype:

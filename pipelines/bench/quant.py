@@ -48,6 +48,7 @@ from pipelines.bench.quant_train import (
     METHODS,
     BenchSettings,
     load_task_splits,
+    method_lr,
     train_adapter,
 )
 
@@ -98,12 +99,19 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--max-train", type=int, default=256, help="training examples per task (default 256)")
     ap.add_argument("--max-test", type=int, default=200, help="test examples per task (default 200)")
     ap.add_argument("--epochs", type=int, default=2, help="epochs over the task (default 2)")
-    ap.add_argument("--lr", type=float, default=2e-3, help="peak learning rate, linear schedule (default 2e-3)")
+    ap.add_argument("--lr", type=float, default=None,
+                    help="one peak learning rate for both methods, linear schedule (default: each method's "
+                         "train.lr default, kroncl.config.DEFAULT_LR)")
     ap.add_argument("--batch-size", type=int, default=16, help="training batch size (default 16)")
     ap.add_argument("--eval-batch-size", type=int, default=16,
                     help="questions per evaluation batch (default 16: batches pad to their longest question, "
                          "so small ones waste less compute on a CPU)")
-    ap.add_argument("--seed", type=int, default=0, help="seeds data subsampling, head init and data order")
+    ap.add_argument("--seeds", default="0",
+                    help="comma list; each seeds data subsampling, head init and data order of one training "
+                         "per (task, method); the tables show mean ± std over them (default 0)")
+    ap.add_argument("--keep-below", type=int, default=0,
+                    help="also measure each scheme with the tensors under this many values kept bf16 "
+                         "(rows int8-k, int4-k, nf4-k; 65 keeps Kron-LoRA's A up to 8x8; default 0: not measured)")
     ap.add_argument("--r", type=int, default=8, help="rank of both methods (default 8)")
     ap.add_argument("--kron-a", type=int, default=2, help="Kron-LoRA A is a x a (default 2)")
     ap.add_argument("--max-length", type=int, default=96, help="tokens per (question, choice) (default 96)")
@@ -131,15 +139,23 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
             raise argparse.ArgumentTypeError(f"--{flag.replace('_', '-')}={getattr(args, flag)} must be >= 1")
     if args.threads < 0:
         raise argparse.ArgumentTypeError(f"--threads={args.threads} must be >= 0 (0 = torch's choice)")
-    if not args.lr > 0:
+    if args.lr is not None and not args.lr > 0:
         raise argparse.ArgumentTypeError(f"--lr={args.lr} must be > 0")
+    if args.keep_below < 0:
+        raise argparse.ArgumentTypeError(f"--keep-below={args.keep_below} must be >= 0 (0 = not measured)")
+    try:
+        seeds = list(dict.fromkeys(int(x) for x in args.seeds.split(",") if x.strip()))
+    except ValueError:
+        seeds = []
+    if not seeds:
+        raise argparse.ArgumentTypeError(f"--seeds={args.seeds!r} must be a comma list of integers, e.g. 0,1,2")
     tasks = parse_choices(args.tasks, None, "--tasks", TASK_ALIASES)
     methods = parse_choices(args.methods, list(METHODS), "--methods")
     data_dir = args.data_dir or default_data_dir()
     return BenchSettings(tasks=tasks, methods=methods, model=args.model, max_train=args.max_train,
                          max_test=args.max_test, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                          eval_batch_size=args.eval_batch_size,
-                         seed=args.seed, r=args.r, alpha=2.0 * args.r, kron_a=args.kron_a,
+                         seeds=seeds, keep_below=args.keep_below, r=args.r, alpha=2.0 * args.r, kron_a=args.kron_a,
                          block_size=args.block_size, max_length=args.max_length, threads=args.threads,
                          data_dir=data_dir if Path(data_dir).is_dir() else None, device=args.device)
 
@@ -182,16 +198,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     all_rows: list[Row] = []
     try:
         for task in settings.tasks:
-            splits = load_task_splits(task, settings)
-            entry: dict[str, Any] = {"sizes": {k: v for k, v in splits[0].sizes().items()}, "rows": [], "methods": {}}
-            for method in settings.methods:
-                res = measure_schemes(train_adapter(splits, method, settings, log=log), settings.block_size, log=log)
-                entry["rows"] += [asdict(r) for r in res.rows]
-                entry["methods"][method] = {
-                    "adapter_params": res.adapter_params, "head_fp32_bytes": res.head_fp32_bytes,
-                    "train_s": res.train_s, "eval_s": res.eval_s, "per_layer_delta_err": res.per_layer_error,
-                }
-                all_rows += res.rows
+            entry: dict[str, Any] = {"sizes": {}, "rows": [], "methods": {}}
+            for seed in settings.seeds:
+                splits = load_task_splits(task, settings, seed)
+                entry["sizes"] = dict(splits[0].sizes())
+                for method in settings.methods:
+                    trained = train_adapter(splits, method, settings, seed=seed, log=log)
+                    res = measure_schemes(trained, settings.block_size, settings.keep_below, log=log)
+                    entry["rows"] += [asdict(r) for r in res.rows]
+                    info = entry["methods"].setdefault(method, {
+                        "lr": method_lr(method, settings), "adapter_params": res.adapter_params,
+                        "head_fp32_bytes": res.head_fp32_bytes, "train_s": 0.0, "eval_s": 0.0,
+                        "per_layer_delta_err": {}})
+                    info["train_s"] += res.train_s
+                    info["eval_s"] += res.eval_s
+                    info["per_layer_delta_err"][seed] = res.per_layer_error
+                    all_rows += res.rows
             report["tasks"][task] = entry
     except KronclError as exc:
         print(f"error: {exc}\n(--data-dir points at the folder of local tasks; now {settings.data_dir})",

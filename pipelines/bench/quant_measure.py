@@ -18,6 +18,19 @@ import torch
 from pipelines.bench.quant_train import Trained
 
 SCHEMES = ("fp32", "int8", "int4", "nf4")
+KEPT_MARK = "-k"
+"""``int4-k``: int4 with the tensors under ``--keep-below`` values kept at 16 bits."""
+
+
+def scheme_names(keep_below: int = 0) -> tuple[str, ...]:
+    """The measured schemes: SCHEMES, then each quantized one with small tensors kept (``-k``)
+    when ``keep_below`` > 0.
+
+    Example:
+        >>> scheme_names(65)
+        ('fp32', 'int8', 'int4', 'nf4', 'int8-k', 'int4-k', 'nf4-k')
+    """
+    return SCHEMES + (tuple(s + KEPT_MARK for s in SCHEMES[1:]) if keep_below > 0 else ())
 
 
 @dataclass
@@ -35,6 +48,7 @@ class Row:
     drop_points: float
     agreement: float
     n_test: int
+    seed: int = 0
 
 
 @dataclass
@@ -112,14 +126,15 @@ def evaluate_set(strategy, test_stream, name: str, recorder) -> tuple[float, tor
     return acc, recorder.predictions()
 
 
-def measure_schemes(t: Trained, block_size: int = 64, log=print) -> MethodResult:
-    """fp32, int8, int4 and nf4 versions of ``t``'s adapter set: bytes, ΔW error, accuracy.
+def measure_schemes(t: Trained, block_size: int = 64, keep_below: int = 0, log=print) -> MethodResult:
+    """fp32, int8, int4 and nf4 versions of ``t``'s adapter set (and, with ``keep_below``, each
+    with the tensors under ``keep_below`` values kept as bfloat16): bytes, ΔW error, accuracy.
 
     Each quantized version is dequantized into its own resident adapter set of the same model,
     evaluated, and deleted again; the trained set and the base are never touched.
 
     Returns:
-        The rows in SCHEMES order, and the facts behind them.
+        The rows in :func:`scheme_names` order, and the facts behind them.
     """
     from kroncl.adapters import (
         DenseDeltaLinear,
@@ -146,13 +161,15 @@ def measure_schemes(t: Trained, block_size: int = 64, log=print) -> MethodResult
     heads = [p for p, m in adapter_layers(t.backbone).items() if isinstance(m, DenseDeltaLinear)]
     head_bytes = artifact_bytes({k: v for k, v in tensors.items() if any(k.startswith(h + ".") for h in heads)})
     log(f"[{t.task}/{t.method}] fp32: accuracy {ref_acc:.4f}, {fp32_bytes} bytes")
-    rows = [Row(t.task, t.method, "fp32", fp32_bytes, 1.0, 0.0, 0.0, ref_acc, 0.0, 1.0, len(ref_pred))]
+    rows = [Row(t.task, t.method, "fp32", fp32_bytes, 1.0, 0.0, 0.0, ref_acc, 0.0, 1.0, len(ref_pred), t.seed)]
     per_layer: dict[str, dict[str, float]] = {}
-    for name in SCHEMES[1:]:
-        packed, meta = quantize_tensors(tensors, QuantScheme.from_name(name, block_size=block_size))
+    for name in scheme_names(keep_below)[1:]:
+        kind, kept = name.removesuffix(KEPT_MARK), name.endswith(KEPT_MARK)
+        scheme = QuantScheme.from_name(kind, block_size=block_size, keep_below=keep_below if kept else 0)
+        packed, meta = quantize_tensors(tensors, scheme)
         report = quantization_error(tensors, packed, meta)
         per_layer[name] = dict(report.per_layer)
-        probe = f"quant_{name}"
+        probe = f"quant_{name.replace('-', '_')}"
         add_adapter(t.backbone, probe)
         try:
             load_adapter_state_dict(t.backbone, dequantize_tensors(packed, meta, dtype=torch.float32), probe)
@@ -161,7 +178,7 @@ def measure_schemes(t: Trained, block_size: int = 64, log=print) -> MethodResult
             delete_adapter(t.backbone, probe)
         q_bytes = artifact_bytes(packed)
         rows.append(Row(t.task, t.method, name, q_bytes, bytes_ratio(q_bytes, fp32_bytes), report.mean, report.max,
-                        acc, accuracy_drop_points(ref_acc, acc), agreement(ref_pred, pred), len(pred)))
+                        acc, accuracy_drop_points(ref_acc, acc), agreement(ref_pred, pred), len(pred), t.seed))
         log(f"[{t.task}/{t.method}] {name}: accuracy {acc:.4f}, ΔW err mean {report.mean:.4f}")
     return MethodResult(rows, count_adapter_parameters(t.backbone, t.adapter_set), head_bytes, t.train_s,
                         time.perf_counter() - t0, per_layer)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -31,14 +31,18 @@ class BenchSettings:
     max_train: int = 256
     max_test: int = 200
     epochs: int = 2
-    lr: float = 2e-3
+    lr: float | None = None
+    """One lr for every method; None: each method's ``kroncl.config.DEFAULT_LR`` (see :func:`method_lr`)."""
     batch_size: int = 16
     eval_batch_size: int = 16
-    seed: int = 0
+    seeds: list[int] = field(default_factory=lambda: [0])
+    """Each seed trains every (task, method) once: its data subsample, head init and data order."""
     r: int = 8
     alpha: float = 16.0
     kron_a: int = 2
     block_size: int = 64
+    keep_below: int = 0
+    """> 0: also measure every scheme with the tensors under this many values kept bf16 (``-k`` rows)."""
     max_length: int | None = 96
     data_dir: str | None = None
     device: str = "auto"
@@ -70,12 +74,19 @@ def prediction_recorder():
     return PredictionRecorder()
 
 
-def load_task_splits(task: str, settings: BenchSettings):
+def method_lr(method: str, settings: BenchSettings) -> float:
+    """``--lr`` when given, else the method's default lr of the main job (``train.lr``)."""
+    from kroncl.config import default_lr
+
+    return settings.lr if settings.lr is not None else default_lr(str(METHODS[method]["method"]))
+
+
+def load_task_splits(task: str, settings: BenchSettings, seed: int):
     """The task as a one-task stream (validation not carved: nothing here uses it)."""
     from kroncl.data import StreamConfig, build_stream
 
     cfg = StreamConfig(name=f"bench-{task}", tasks=[task], max_train=settings.max_train,
-                       max_test=settings.max_test, validation_fraction=0.0, seed=settings.seed)
+                       max_test=settings.max_test, validation_fraction=0.0, seed=seed)
     return build_stream(cfg, settings.data_dir)
 
 
@@ -90,17 +101,18 @@ class Trained:
     recorder: Any  # prediction_recorder()
     adapter_set: str
     train_s: float
+    seed: int = 0
 
     @property
     def backbone(self) -> torch.nn.Module:
         return self.strategy.model.backbone
 
 
-def train_adapter(tasks, method: str, settings: BenchSettings, log=print) -> Trained:
+def train_adapter(tasks, method: str, settings: BenchSettings, seed: int = 0, log=print) -> Trained:
     """Build the model, inject ``method``'s adapters and train them on the one task of ``tasks``.
 
     The same budget for every method: epochs, batch size, lr, data, data order and head
-    initialisation all come from ``settings`` (fp32 throughout, so quantization is the only
+    initialisation all come from ``settings`` and ``seed`` (fp32 throughout, so quantization is the only
     source of difference in what follows).
     """
     from kroncl.adapters import AdapterConfig
@@ -112,8 +124,8 @@ def train_adapter(tasks, method: str, settings: BenchSettings, log=print) -> Tra
     from kroncl.strategy.template import KronclStrategy, seed_everything
 
     task = tasks[0].name
-    seed_everything(settings.seed)
-    model = build_model(ModelConfig(name=settings.model, seed=settings.seed, max_length=settings.max_length))
+    seed_everything(seed)
+    model = build_model(ModelConfig(name=settings.model, seed=seed, max_length=settings.max_length))
     shape = {"a_out": settings.kron_a, "a_in": settings.kron_a, **METHODS[method]}
     adapter_cfg = AdapterConfig(r=settings.r, alpha=settings.alpha, targets=list(model.default_targets),
                                 head_targets=list(model.head_modules), **shape).validate()
@@ -123,12 +135,12 @@ def train_adapter(tasks, method: str, settings: BenchSettings, log=print) -> Tra
     benchmark = make_benchmark(tasks, model)
     recorder = prediction_recorder()
     train_cfg = TrainConfig(epochs=settings.epochs, batch_size=settings.batch_size,
-                            eval_batch_size=settings.eval_batch_size, lr=settings.lr,
+                            eval_batch_size=settings.eval_batch_size, lr=method_lr(method, settings),
                             device=settings.device, precision="fp32", progress=sys.stderr.isatty())
     strategy = KronclStrategy(model=model, adapter_sets=sets, train=train_cfg,
-                              plugins=[AccuracyCollector(), recorder], seed=settings.seed)
+                              plugins=[AccuracyCollector(), recorder], seed=seed)
     t0 = time.perf_counter()
-    log(f"[{task}/{method}] training {len(benchmark.train_stream[0].dataset)} examples x {settings.epochs} epochs")
+    log(f"[{task}/{method}/seed {seed}] training {len(benchmark.train_stream[0].dataset)} examples x {settings.epochs} epochs")
     strategy.train(benchmark.train_stream[0], eval_streams=[])
     sets.end_experience(0)
-    return Trained(task, method, strategy, benchmark, recorder, trained, time.perf_counter() - t0)
+    return Trained(task, method, strategy, benchmark, recorder, trained, time.perf_counter() - t0, seed)

@@ -16,13 +16,14 @@ import pipelines.bench.quant as bq
 import pipelines.bench.quant_measure as bm
 import pipelines.bench.quant_report as br
 import pipelines.bench.quant_train as bt
+from kroncl.config import DEFAULT_LR
 from pipelines.bench.__main__ import main as bench_main
 
 SHARED_DATA = Path(os.environ.get("KRONCL_SHARED_DATA") or Path(__file__).resolve().parents[2] / ".." / "shared" / "data")
 
 
-def row(method="kron", scheme="int8", task="t", ratio=0.28, err=0.01, acc=0.5, drop=0.0, agree=1.0):
-    return bm.Row(task, method, scheme, int(1000 * ratio), ratio, err, 2 * err, acc, drop, agree, 200)
+def row(method="kron", scheme="int8", task="t", ratio=0.28, err=0.01, acc=0.5, drop=0.0, agree=1.0, seed=0):
+    return bm.Row(task, method, scheme, int(1000 * ratio), ratio, err, 2 * err, acc, drop, agree, 200, seed)
 
 
 @pytest.mark.parametrize("module", [bq, bm], ids=lambda m: m.__name__)
@@ -88,6 +89,27 @@ def test_table_aligns_columns_and_leaves_self_comparisons_of_fp32_blank():
     assert md[0].startswith("| method | scheme |") and md[1].endswith("---:|") and len(md) == 4
 
 
+def test_seeds_give_mean_and_sample_std_and_judge_targets_on_means():
+    rows = [row("kron", "fp32", ratio=1.0, err=0.0, acc=a, seed=i) for i, a in enumerate((0.40, 0.50, 0.60))]
+    rows += [row("kron", "int8", acc=a, drop=d, err=e, seed=i)
+             for i, (a, d, e) in enumerate(((0.40, 0.0, 0.01), (0.49, 1.0, 0.02), (0.60, 0.0, 0.03)))]
+    (fp32, int8) = br.over_seeds(rows)
+    assert fp32.n_seeds == 3 and fp32.mean.accuracy == pytest.approx(0.5) and fp32.acc_std == pytest.approx(0.1)
+    assert int8.mean.drop_points == pytest.approx(1 / 3) and int8.mean.delta_err_max == pytest.approx(0.06)
+    assert int8.drop_std == pytest.approx(0.57735, abs=1e-5)
+    line = br.format_table(rows).splitlines()[3]
+    assert "49.67 ± 10.02" in line and "+0.33 ± 0.58" in line
+    (int8_target,) = [t for t in br.check_targets(rows) if t.name.startswith("int8")]
+    assert int8_target.passed and "t/kron +0.33" in int8_target.detail  # the mean, not seed 1's +1.00
+
+
+def test_equal_bytes_pairs_each_kron_scheme_with_the_nearest_lora_size():
+    rows = [row("kron", "fp32", ratio=1.0, acc=0.45), row("kron", "int8", ratio=0.28, acc=0.44),
+            row("lora", "fp32", ratio=2.0, acc=0.47), row("lora", "int4", ratio=0.27, acc=0.46),
+            row("lora", "int8", ratio=0.56, acc=0.47)]
+    assert br.equal_bytes(rows) == ["t: Kron-LoRA int8 280 B 44.00 % vs LoRA int4 270 B 46.00 % (0.96x the bytes)"]
+
+
 def test_parse_choices_resolves_aliases_and_names_the_flag_on_errors():
     assert bq.parse_choices("toy, arc,toy", None, "--tasks", bq.TASK_ALIASES) == ["toy_larger", "arc_easy"]
     assert bq.parse_choices("arc_challenge", None, "--tasks", bq.TASK_ALIASES) == ["arc_challenge"]
@@ -102,6 +124,12 @@ def test_bad_flag_values_exit_with_the_flag_named(capsys):
         bq.main(["--max-test", "0"])
     assert exc.value.code == 2
     assert "--max-test=0 must be >= 1" in capsys.readouterr().err
+    for flags, message in ((["--seeds", "0,x"], "--seeds='0,x' must be a comma list of integers"),
+                           (["--keep-below", "-1"], "--keep-below=-1 must be >= 0"),
+                           (["--lr", "0"], "--lr=0.0 must be > 0")):
+        with pytest.raises(SystemExit):
+            bq.main(flags)
+        assert message in capsys.readouterr().err
 
 
 def test_answering_with_routes_evaluation_and_restores_the_trained_set():
@@ -161,6 +189,21 @@ def test_measure_schemes_leaves_only_the_trained_set_and_orders_errors(tiny_trai
         assert 0.0 <= r.agreement <= 1.0 and r.n_test == 32
 
 
+def test_keep_below_rows_keep_small_tensors_and_lower_the_error_of_kron(tiny_trained):
+    from kroncl.adapters import adapter_state_dict
+
+    t = tiny_trained
+    res = bm.measure_schemes(t, keep_below=65, log=lambda _: None)
+    by = {r.scheme: r for r in res.rows}
+    assert list(by) == ["fp32", "int8", "int4", "nf4", "int8-k", "int4-k", "nf4-k"]
+    small = [v for v in adapter_state_dict(t.backbone, t.adapter_set).values() if v.numel() < 65]
+    assert small  # Kron's A factors (and the head's bias delta)
+    for kind in ("int8", "int4", "nf4"):
+        assert by[kind + "-k"].delta_err_mean < by[kind].delta_err_mean
+        assert by[kind + "-k"].bytes > by[kind].bytes  # 16 bits instead of 4/8 plus a shared scale
+    assert by["int4-k"].bytes - by["int4"].bytes < 2 * sum(v.numel() for v in small)
+
+
 def test_command_smoke_on_the_tiny_model(tmp_path, capsys):
     out = tmp_path / "bench" / "quant"
     code = bench_main(["quant", "--model", "tiny", "--tasks", "toy", "--max-train", "32", "--max-test", "24",
@@ -169,7 +212,10 @@ def test_command_smoke_on_the_tiny_model(tmp_path, capsys):
     printed = capsys.readouterr().out
     report = json.loads(out.with_suffix(".json").read_text())
     assert report["command"].startswith("python -m pipelines.bench quant --model tiny")
-    assert report["settings"]["max_train"] == 32 and report["settings"]["seed"] == 0
+    assert report["settings"]["max_train"] == 32 and report["settings"]["seeds"] == [0]
+    assert report["settings"]["lr"] is None  # each method at its train.lr default
+    assert {m: i["lr"] for m, i in report["tasks"]["toy_larger"]["methods"].items()} == {
+        "kron": DEFAULT_LR["kron"], "lora": DEFAULT_LR["lora"]}
     rows = report["tasks"]["toy_larger"]["rows"]
     assert [(r["method"], r["scheme"]) for r in rows] == [(m, s) for m in ("kron", "lora") for s in bm.SCHEMES]
     assert report["tasks"]["toy_larger"]["sizes"]["test"] == 24

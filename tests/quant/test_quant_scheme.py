@@ -91,3 +91,22 @@ def test_config_and_scheme_names_load_no_torch():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                        cwd=Path(__file__).resolve().parents[2])
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("bad", [-1, 2.5, True, "65"])
+def test_bad_keep_below_is_named_in_error(bad):
+    with pytest.raises(ConfigError, match="keep_below must be an integer >= 0") as info:
+        QuantScheme.from_name("int8", keep_below=bad)
+    assert repr(bad) in str(info.value)
+    from kroncl.config import QuantConfig, validate_quant
+
+    errors: list[str] = []
+    validate_quant(QuantConfig(scheme="int4", keep_below=bad), errors)
+    assert errors == [f"quant.keep_below={bad!r}: " + str(info.value)]
+
+
+def test_keep_below_round_trips_and_defaults_to_zero_for_old_metadata():
+    scheme = QuantScheme.from_name("nf4", keep_below=65)
+    assert QuantScheme.from_meta(json.loads(json.dumps(scheme.to_meta()))) == scheme
+    old = {k: v for k, v in scheme.to_meta().items() if k != "keep_below"}
+    assert QuantScheme.from_meta(old).keep_below == 0

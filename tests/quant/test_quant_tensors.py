@@ -185,3 +185,43 @@ def test_int8_shape_mismatch_raises(tmp_path):
     packed["w.qweight"] = packed["w.qweight"][:5]
     with pytest.raises(QuantFormatError, match=r"\(5, 4\).*\(6, 4\)"):
         dequantize_tensors(packed, meta)
+
+
+@pytest.mark.parametrize("name", SCHEMES)
+def test_keep_below_stores_small_tensors_at_16_bits(tmp_path, name):
+    """Kron-LoRA's A (16 values here) is kept as bfloat16; everything larger is quantized as before."""
+    tensors = _kron_state(seed=2)
+    a = "encoder.layer.0.attention.self.query.A"
+    plain, plain_meta = quantize_tensors(tensors, name)
+    packed, meta = quantize_tensors(tensors, QuantScheme.from_name(name, keep_below=17))
+    assert meta["kept"] == ["classifier.delta_bias", a] and meta["keep_below"] == 17
+    assert set(packed) == (set(plain) - {k + sfx for k in meta["kept"] for sfx in (".qweight", ".scales")}) | {
+        a + ".kept", "classifier.delta_bias.kept"}
+    save_file(packed, str(tmp_path / "adapter.safetensors"))
+    out = dequantize_tensors(load_file(str(tmp_path / "adapter.safetensors")), json.loads(json.dumps(meta)))
+    ref = dequantize_tensors(plain, plain_meta)
+    assert torch.equal(out[a], tensors[a].to(torch.bfloat16).float())
+    err_kept = float((out[a] - tensors[a]).norm() / tensors[a].norm())
+    err_quant = float((ref[a] - tensors[a]).norm() / tensors[a].norm())
+    assert err_kept < 4e-3  # bfloat16 rounding (2^-9 relative)
+    assert err_quant > (2e-3 if name == "int8" else 2e-2)  # int8: ~2^-8 per row; 4-bit: 15 levels
+    for key in set(tensors) - set(meta["kept"]):
+        assert torch.equal(out[key], ref[key]), key
+    # 16 values of A at 2 bytes instead of the scheme's codes + scale(s)
+    assert artifact_bytes(packed) - artifact_bytes(plain) == (
+        (16 + 1) * 2 - sum(plain[k + s].numel() * plain[k + s].element_size()
+                           for k in meta["kept"] for s in (".qweight", ".scales")))
+
+
+def test_kept_tensor_problems_raise_format_error():
+    packed, meta = quantize_tensors({"l.A": torch.randn(2, 2), "l.B": torch.randn(5, 13)},
+                                    QuantScheme.from_name("int4", keep_below=5))
+    with pytest.raises(QuantFormatError, match=r"'l.A.kept' has dtype torch.float32.*bfloat16"):
+        dequantize_tensors({**packed, "l.A.kept": packed["l.A.kept"].float()}, meta)
+    with pytest.raises(QuantFormatError, match="'kept' must list keys of 'shapes'"):
+        dequantize_tensors(packed, {**meta, "kept": ["l.C"]})
+    old = {k: v for k, v in meta.items() if k not in ("kept", "keep_below")}  # a file from before keep_below
+    plain, plain_meta = quantize_tensors({"l.B": torch.randn(5, 13)}, "int4")
+    assert set(dequantize_tensors(plain, {k: v for k, v in plain_meta.items() if k not in ("kept", "keep_below")})) == {"l.B"}
+    with pytest.raises(QuantFormatError, match=r"missing keys \['l.A.qweight', 'l.A.scales'\]"):
+        dequantize_tensors(packed, old)
