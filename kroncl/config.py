@@ -105,6 +105,8 @@ class TrainConfig:
 SPEED_ONLY = ("progress", "threads", "gradient_checkpointing", "pin_memory", "num_workers", "collective_timeout_s")
 """train.* keys that change how fast a run goes, never its results (a resume may change them;
 tests/pipeline/test_pipeline_speed_knobs.py)."""
+ADDED_KEYS = {"quant": {"keep_below": 0}}
+"""Keys newer than some runs, at the value that does what those runs did: out of the resume check."""
 
 
 @dataclass
@@ -143,8 +145,7 @@ class QuantConfig:
     block_size: int = DEFAULT_BLOCK_SIZE
     """Values per scale for the 4-bit schemes (see ``QuantScheme.block_size``)."""
     keep_below: int = 0
-    """Tensors with fewer values stay unquantized, bfloat16 (65: Kron-LoRA's A factors; see
-    ``QuantScheme.keep_below``); 0 quantizes every tensor."""
+    """Tensors with fewer values stay bf16, unquantized (65: Kron-LoRA's A factors); 0 = none."""
 
     def to_scheme(self):  # -> kroncl.quant.QuantScheme | None
         """The ``QuantScheme`` these settings name (None for "none")."""
@@ -194,8 +195,8 @@ def validate_train(cfg: TrainConfig, errors: list[str]) -> None:
     _check_positive(errors, "train.collective_timeout_s", cfg.collective_timeout_s)
     if cfg.dropout is not None and not 0.0 <= cfg.dropout < 1.0:
         errors.append(f"train.dropout={cfg.dropout!r} must be in [0, 1), or null to keep the model's own")
-    _check_positive(errors, "train.weight_decay", cfg.weight_decay, allow_zero=True)
-    _check_positive(errors, "train.max_grad_norm", cfg.max_grad_norm, allow_zero=True)
+    for key in ("weight_decay", "max_grad_norm"):
+        _check_positive(errors, f"train.{key}", getattr(cfg, key), allow_zero=True)
     if not 0.0 <= cfg.warmup_ratio < 1.0:
         errors.append(f"train.warmup_ratio={cfg.warmup_ratio!r} must be in [0, 1)")
     _check_choice(errors, "train.schedule", cfg.schedule, SCHEDULES)
@@ -217,11 +218,9 @@ def validate_strategy(cfg: StrategyConfig, errors: list[str]) -> None:
             )
     if len(set(cfg.plugins)) != len(cfg.plugins):
         errors.append(f"strategy.plugins={cfg.plugins} lists a plugin twice")
-    _check_positive(errors, "strategy.replay_mem_size", cfg.replay_mem_size)
-    _check_positive(errors, "strategy.lwf_temperature", cfg.lwf_temperature)
-    _check_positive(errors, "strategy.lwf_alpha", cfg.lwf_alpha, allow_zero=True)
-    _check_positive(errors, "strategy.ewc_lambda", cfg.ewc_lambda, allow_zero=True)
-    _check_positive(errors, "strategy.orthogonal_lambda", cfg.orthogonal_lambda, allow_zero=True)
+    for key, allow_zero in (("replay_mem_size", False), ("lwf_temperature", False), ("lwf_alpha", True),
+                            ("ewc_lambda", True), ("orthogonal_lambda", True)):
+        _check_positive(errors, f"strategy.{key}", getattr(cfg, key), allow_zero=allow_zero)
     for name in cfg.plugins:
         why = PLUGINS_THAT_CANNOT_ACT.get((cfg.mode, name))
         if why:
@@ -357,6 +356,8 @@ class RunSettings:
         # checkpointing (each gives the same numbers: tests/pipeline/test_pipeline_speed_knobs.py).
         out["train"] = {k: v for k, v in out.get("train", {}).items() if k not in SPEED_ONLY}
         out["data"] = {k: v for k, v in out.get("data", {}).items() if k != "cache_dir"}
+        for section, neutral in ADDED_KEYS.items():  # absent from runs written before they existed
+            out[section] = {k: v for k, v in out.get(section, {}).items() if k not in neutral or neutral[k] != v}
         return out
 
 

@@ -37,3 +37,16 @@ def test_negative_workers_name_the_key(compose_config):
                                       resolve=True)
     with pytest.raises(ConfigError, match=r"train.num_workers=-1 must be >= 0"):
         load_settings(resolved)
+
+
+def test_a_run_from_before_quant_keep_below_still_matches(compose_config):
+    """quant.keep_below=0 (its default) does what runs did before the key existed, so a run
+    whose config has no such key resumes; any other value is a different run."""
+    from omegaconf import OmegaConf
+
+    def result(overrides):
+        resolved = OmegaConf.to_container(compose_config(["stream=toy", "model=tiny", *overrides]), resolve=True)
+        return load_settings(resolved).result_config
+
+    assert result(["quant=int4"])["quant"] == {"scheme": "int4", "block_size": 64}  # what older runs recorded
+    assert result(["quant=int4", "quant.keep_below=65"])["quant"]["keep_below"] == 65
