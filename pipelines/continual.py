@@ -55,7 +55,7 @@ from kroncl.strategy.checkpoint import (
     refuse_config_change,
 )
 from kroncl.strategy.loop import run_stream
-from kroncl.strategy.plugins import AccuracyCollector, build_plugins
+from kroncl.strategy.plugins import AccuracyCollector, TrainLossCollector, build_plugins
 from kroncl.strategy.selection import build_selection
 from kroncl.strategy.task_router import build_router
 from kroncl.strategy.template import KronclStrategy, resolve_device, resolve_threads, seed_everything
@@ -369,7 +369,7 @@ def build_strategy(settings: RunSettings, prep: Prepared, tracker: Tracker,
         # Selection first: it puts the best epoch back before EWC/LwF take their snapshots.
         plugins=[*build_selection(settings.train.select, settings.train.patience, prep.benchmark, log.info),
                  *build_plugins(settings.strategy, prep.sets, seed=settings.seed), *fitter,
-                 AccuracyCollector()],
+                 AccuracyCollector(), TrainLossCollector()],
         evaluator=evaluator,
         seed=settings.seed,
         task_labels=settings.eval.task_labels,

@@ -23,7 +23,7 @@ from kroncl.quant import (
 )
 from kroncl.strategy.checkpoint import Checkpoint, save_checkpoint
 from kroncl.strategy.plugin_state import plugins_checkpoint_state, restore_plugins_state
-from kroncl.strategy.plugins import AccuracyCollector
+from kroncl.strategy.plugins import AccuracyCollector, TrainLossCollector
 from kroncl.strategy.selection import EpochSelection
 from pipelines.mlflow_mirror import mirror_run_versions
 
@@ -75,6 +75,7 @@ class ExperienceRecorder:
         selection = self.log_selection(index, task)
         record = self.save_and_register(index, task, name, tensors, matrix, selection)
         record["top_choice"] = self.top_choices(index)
+        record["train_loss"] = self.train_loss(index, task)
         record["routing_acc"] = self.routing_accuracy(index)
         self.produced.append(record)
         matrix.save(self.run_dir / "metrics")
@@ -95,6 +96,16 @@ class ExperienceRecorder:
         self.tracker.log_metrics({f"predictions/{task}/top_choice_share": share
                                   for task, (_, share) in top.items()}, step=index)
         return top
+
+    def train_loss(self, index: int, task: str) -> dict[str, Any] | None:
+        """{"epochs": mean training loss per epoch, "chance": mean ln(choices)} of experience
+        ``index`` (the stuck-at-chance check); ``reference/<task>/chance_loss`` in MLflow."""
+        collector = next((p for p in self.strategy.plugins if isinstance(p, TrainLossCollector)), None)
+        if collector is None or not collector.epochs.get(index):
+            return None
+        chance = collector.chance[index]
+        self.tracker.log_metrics({f"reference/{task}/chance_loss": chance}, step=index)
+        return {"epochs": collector.epochs[index], "chance": chance}
 
     def routing_accuracy(self, index: int) -> dict[str, float] | None:
         """task -> share of its test rows answered by its own set, after experience ``index``,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kroncl.metrics.reference import collapsed
+from kroncl.metrics.reference import collapsed, loss_at_chance
 from kroncl.tracking import default_tracking_uri
 
 
@@ -72,6 +72,25 @@ def collapse_warnings(artifacts: list[dict[str, Any]], reference: dict[str, Any]
     return out
 
 
+def stuck_tasks(artifacts: list[dict[str, Any]]) -> dict[str, tuple[float, float, int]]:
+    """task -> (lowest epoch-mean training loss, the loss of uniform scores, epochs) for each
+    experience whose training loss never left chance."""
+    out = {}
+    for rec in artifacts:
+        tl = rec.get("train_loss")
+        if tl and tl["epochs"] and loss_at_chance(min(tl["epochs"]), tl["chance"]):
+            out[rec["task"]] = (min(tl["epochs"]), tl["chance"], len(tl["epochs"]))
+    return out
+
+
+def stuck_warnings(artifacts: list[dict[str, Any]]) -> list[str]:
+    """One line per experience whose training loss stayed at ln(choices)."""
+    return [f"warning: {task}: training loss never left chance ({low:.3f} at best over {n} epoch"
+            f"{'s' if n != 1 else ''}; uniform scores give {chance:.3f}) — the adapter learnt nothing "
+            f"from this task; try another train.lr, more epochs or more rows"
+            for task, (low, chance, n) in stuck_tasks(artifacts).items()]
+
+
 def format_summary(result, *, settings, param_counts: dict[str, int], tracker, registry_url: str | None,
                    elapsed: float, registry_artifacts: str | None = None,
                    dropped_rows: dict[str, dict[str, int]] | None = None,
@@ -86,6 +105,7 @@ def format_summary(result, *, settings, param_counts: dict[str, int], tracker, r
         "accuracy matrix R[i][j] (row: after training task i; column: test accuracy on task j)",
         format_matrix(result.matrix, reference),
         *collapse_warnings(result.artifacts, reference),
+        *stuck_warnings(result.artifacts),
         format_task_labels(result.matrix.task_labels, result.artifacts, settings.eval.router,
                            settings.strategy.mode),
         "",

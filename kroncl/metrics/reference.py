@@ -10,6 +10,10 @@ gets. Two references per task's test set:
 And one check on predictions: when (almost) every row is answered with the same position, the
 adapter has collapsed onto a constant answer, and its accuracy is the share of rows whose
 answer happens to sit there — not knowledge, however it compares with the row before training.
+
+And one check on training: a multiple-choice cross-entropy that stays at the mean ln(choices)
+of the rows (what uniform scores give) means the adapter learnt nothing from the task, whatever
+its test accuracy shows.
 """
 
 from __future__ import annotations
@@ -20,6 +24,10 @@ from dataclasses import asdict, dataclass
 
 COLLAPSE_SHARE = 0.95
 """Predictions count as collapsed when this share of rows gets one answer position."""
+
+STUCK_LOSS_SHARE = 0.98
+"""Training counts as stuck at chance when the last epoch's mean loss is at least this share of
+the rows' mean ln(choices): a loss that moved less than 2% from uniform scores."""
 
 
 @dataclass(frozen=True)
@@ -63,3 +71,13 @@ def top_prediction(counts: Mapping[int, int]) -> tuple[int, float]:
 
 def collapsed(share: float) -> bool:
     return share >= COLLAPSE_SHARE
+
+
+def loss_at_chance(loss: float, chance_loss: float) -> bool:
+    """Whether a mean training loss sits at (or above) the loss of uniform scores.
+
+    >>> import math
+    >>> loss_at_chance(1.380, math.log(4)), loss_at_chance(1.10, math.log(4))
+    (True, False)
+    """
+    return loss >= STUCK_LOSS_SHARE * chance_loss

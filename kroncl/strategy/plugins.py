@@ -8,6 +8,8 @@ The stateful plugins implement the checkpoint contract of :mod:`kroncl.strategy.
   were predicted, for the collapse check of :mod:`kroncl.metrics.reference`), the source of the
   accuracy matrix (avalanche-lib's ``AccuracyMatrixPluginMetric`` crashes on the evaluation
   before any training that forward transfer needs).
+- :class:`TrainLossCollector` — the mean multiple-choice cross-entropy of each training epoch next
+  to the rows' mean ln(choices), the loss of uniform scores (the stuck-at-chance check).
 - :class:`ChoiceLwFPlugin` — avalanche-lib's LwF, distilling only the choice columns a batch has.
 - :class:`DictEWCPlugin` — avalanche-lib's EWC with importances computed on dict batches and
   only over trainable parameters (its own ``compute_importances`` unpacks tuple batches and
@@ -36,6 +38,7 @@ from torch.utils.data import DataLoader
 from kroncl.adapters import adapter_layers
 from kroncl.config import StrategyConfig
 from kroncl.evaluate import batch_to_device, count_correct
+from kroncl.models.base import PAD_SCORE
 from kroncl.strategy.plugin_state import (
     SeededReplayBuffer,
     param_dicts_from_state,
@@ -84,6 +87,46 @@ class AccuracyCollector(SupervisedPlugin, supports_distributed=True):
                 self.routing[exp] = (hits, rows)
             self.predicted[exp] = sum(world.gather(self.predicted[exp]), Counter())
         self.results[exp] = self._correct / self._total if self._total else float("nan")
+
+
+class TrainLossCollector(SupervisedPlugin, supports_distributed=True):
+    """Per experience: ``epochs[exp]`` = mean training cross-entropy of each epoch, and
+    ``chance[exp]`` = mean over the training rows of ln(number of choices), what uniform scores
+    would give. Only the task's own loss counts (not the penalties EWC, LwF or the orthogonality
+    term add), on the rows of this experience (replayed rows included: they are trained on too).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.epochs: dict[int, list[float]] = {}
+        self.chance: dict[int, float] = {}
+        self._sums = [0.0, 0.0, 0]  # loss * rows, ln(choices) summed over rows, rows
+
+    def before_training_exp(self, strategy, **kwargs) -> None:
+        self.epochs[int(strategy.experience.current_experience)] = []
+
+    def before_training_epoch(self, strategy, **kwargs) -> None:
+        self._sums = [0.0, 0.0, 0]
+
+    @torch.no_grad()
+    def after_training_iteration(self, strategy, **kwargs) -> None:
+        scores, labels = strategy.mb_output.float(), strategy.mb_y
+        if labels.numel() == 0:
+            return
+        rows = int(labels.numel())
+        choices = (scores > PAD_SCORE / 2).sum(dim=-1).clamp(min=1).float()
+        self._sums[0] += float(strategy._criterion(scores, labels)) * rows
+        self._sums[1] += float(choices.log().sum())
+        self._sums[2] += rows
+
+    def after_training_epoch(self, strategy, **kwargs) -> None:
+        loss, chance, rows = self._sums
+        world = getattr(strategy, "world", None)
+        if world is not None and world.distributed:  # each rank trained on its shard: add them up
+            loss, chance, rows = world.sum([loss, chance, float(rows)])
+        exp = int(strategy.experience.current_experience)
+        self.epochs.setdefault(exp, []).append(loss / rows if rows else float("nan"))
+        self.chance[exp] = chance / rows if rows else float("nan")
 
 
 class ChoiceLwF(LearningWithoutForgetting):

@@ -31,6 +31,8 @@ class RunInfo:
     """Tasks whose predictions after the last experience sit (almost) all on one answer."""
     val_acc: float | None
     """Mean over experiences of the selected epoch's validation accuracy (train.select=best_val)."""
+    stuck: list[str] = field(default_factory=list)
+    """Tasks whose training loss never left ln(choices) (:func:`pipelines.summary.stuck_tasks`)."""
 
     def metric(self, name: str) -> float | None:
         value = self.summary.get(name)
@@ -45,7 +47,8 @@ def load_run(run_dir: Path) -> RunInfo:
     data = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
     cfg_path = run_dir / "config.yaml"
     config = OmegaConf.to_container(OmegaConf.load(cfg_path)) if cfg_path.exists() else {}
-    from kroncl.metrics.reference import collapsed as is_collapsed  # the summary's own rule
+    from kroncl.metrics.reference import collapsed as is_collapsed  # the summary's own rules
+    from pipelines.summary import stuck_tasks
 
     artifacts = data.get("artifacts") or []
     top = (artifacts[-1].get("top_choice") or {}) if artifacts else {}
@@ -56,7 +59,8 @@ def load_run(run_dir: Path) -> RunInfo:
         if sel and sel.get("selected_epoch"):
             vals.append(sel["val_acc"][sel["selected_epoch"] - 1])
     return RunInfo(run_dir, config, data["summary"], data.get("param_counts", {}),
-                   data.get("reference", {}), collapsed, statistics.fmean(vals) if vals else None)
+                   data.get("reference", {}), collapsed, statistics.fmean(vals) if vals else None,
+                   stuck=sorted(stuck_tasks(artifacts)))
 
 
 def find_runs(root: Path) -> list[RunInfo]:
@@ -104,14 +108,19 @@ class Row:
     def seeds(self) -> list[int]:
         return sorted(r.config.get("seed") for r in self.runs if r.config.get("seed") is not None)
 
+    def tasks_with(self, attr: str) -> list[str]:
+        """Tasks marked ``attr`` (``collapsed`` or ``stuck``) in at least one seed."""
+        return sorted({t for r in self.runs for t in getattr(r, attr)})
+
     @property
     def flag(self) -> str:
-        hit = sorted({t for r in self.runs for t in r.collapsed})
-        return ("collapsed: " + ",".join(hit) + " ") if hit else ""
+        return "".join(f"{word}: {','.join(hit)} " for word, hit in (
+            ("collapsed", self.tasks_with("collapsed")), ("loss at chance", self.tasks_with("stuck"))) if hit)
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.keys, "params_per_set": self.params, "seeds": self.seeds,
-                "n": len(self.runs), "note": self.note, "collapsed": self.flag.strip(),
+                "n": len(self.runs), "note": self.note,
+                "collapsed": self.tasks_with("collapsed"), "loss_at_chance": self.tasks_with("stuck"),
                 **{m: {"mean": s[0], "std": s[1], "n": s[2]} for m, s in self.stats().items()},
                 "val_acc": dict(zip(("mean", "std", "n"), self.val_stats())),
                 "runs": [str(r.run_dir) for r in self.runs]}
@@ -190,9 +199,12 @@ def stream_report(stream: str, rows: Sequence[Row], key_names: Sequence[str]) ->
     lines = [f"== stream {stream}", format_text(rows, key_names), LEGEND,
              "reference accuracies of each task's test set (answering without understanding):",
              *reference_lines(runs)]
-    if any(row.flag for row in rows):
+    if any(row.tasks_with("collapsed") for row in rows):
         lines.append("collapsed: after the last experience ≥95% of that task's test rows got one answer "
                      "in at least one seed — its accuracy is where the answers sit, not knowledge")
+    if any(row.tasks_with("stuck") for row in rows):
+        lines.append("loss at chance: in at least one seed that task's training loss never fell 2% below "
+                     "ln(choices) — the adapter learnt nothing from it")
     return "\n".join(lines)
 
 

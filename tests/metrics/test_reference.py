@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import doctest
+
+import pytest
 from types import SimpleNamespace as Row
 
 import kroncl.metrics.reference as reference
 from kroncl.metrics import AccuracyMatrix
 from kroncl.metrics.reference import ReferenceRates, reference_rates, top_prediction
-from pipelines.summary import collapse_warnings, format_matrix
+from pipelines.summary import collapse_warnings, format_matrix, stuck_warnings
 
 
 def test_doctests():
@@ -36,3 +38,38 @@ def test_summary_shows_chance_and_majority_rows_and_warns_when_predictions_colla
     assert warning.startswith("warning: yes_no: 100% of test rows get answer 0")
     assert "0.650" in warning
     assert collapse_warnings([{"top_choice": {"yes_no": [0, 0.9]}}], refs) == []
+
+
+def test_a_training_loss_that_never_left_ln_choices_is_a_warning_naming_the_task():
+    import math
+
+    stuck = {"task": "three_way", "train_loss": {"epochs": [1.0990, 1.0986, 1.0979], "chance": math.log(3)}}
+    learnt = {"task": "yes_no", "train_loss": {"epochs": [0.69, 0.52], "chance": math.log(2)}}
+    (warning,) = stuck_warnings([stuck, learnt, {"task": "old_run"}])  # records without the key are skipped
+    assert warning.startswith("warning: three_way: training loss never left chance (1.098 at best over 3 epochs;"
+                              " uniform scores give 1.099)")
+    assert "train.lr" in warning
+
+
+def test_train_loss_collector_averages_the_epoch_and_the_uniform_loss_over_padded_choices():
+    import math
+
+    import torch
+    from types import SimpleNamespace
+
+    from kroncl.models.base import PAD_SCORE
+    from kroncl.strategy.plugins import TrainLossCollector
+
+    collector, ce = TrainLossCollector(), torch.nn.functional.cross_entropy
+    strategy = SimpleNamespace(experience=SimpleNamespace(current_experience=1), _criterion=ce, world=None)
+    collector.before_training_exp(strategy)
+    collector.before_training_epoch(strategy)
+    # batch 1: uniform over 4 choices; batch 2 (3 rows): one of 3 choices (the 4th padded), confident
+    for scores, labels in ((torch.zeros(1, 4), torch.tensor([2])),
+                           (torch.tensor([[9.0, 0.0, 0.0, PAD_SCORE]] * 3), torch.tensor([0, 0, 0]))):
+        strategy.mb_output, strategy.mb_y = scores, labels
+        collector.after_training_iteration(strategy)
+    collector.after_training_epoch(strategy)
+    confident = float(ce(torch.tensor([[9.0, 0.0, 0.0]]), torch.tensor([0])))
+    assert collector.epochs[1] == [pytest.approx((math.log(4) + 3 * confident) / 4)]
+    assert collector.chance[1] == pytest.approx((math.log(4) + 3 * math.log(3)) / 4)

@@ -126,6 +126,12 @@ def test_avalanche_metrics_agree_with_the_accuracy_matrix(int4_run, mlflow_run):
     for j in range(len(TASKS)):
         loss = history(client, run.info.run_id, f"avalanche/Loss_Epoch/train_phase/train_stream/Task{j:03d}")
         assert len(loss) == 1 and 0 < loss[0][1] < 10  # train.epochs=1
+        # The stuck-at-chance check reads the same loss avalanche logs (sequential: no penalty
+        # terms), next to ln(2) for the toy tasks' two choices, also in MLflow.
+        ours = json.loads((int4_run.run_dir / "summary.json").read_text())["artifacts"][j]["train_loss"]
+        assert ours["epochs"] == [pytest.approx(loss[0][1], rel=1e-5)]
+        assert ours["chance"] == pytest.approx(math.log(2))
+        assert history(client, run.info.run_id, f"reference/{TASKS[j]}/chance_loss") == [(j, pytest.approx(math.log(2)))]
 
 
 def test_artifacts_are_the_run_directory_files(int4_run, mlflow_run, tmp_path: Path):
