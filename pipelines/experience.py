@@ -75,7 +75,7 @@ class ExperienceRecorder:
         selection = self.log_selection(index, task)
         record = self.save_and_register(index, task, name, tensors, matrix, selection)
         record["top_choice"] = self.top_choices(index)
-        record["train_loss"] = self.train_loss(index, task)
+        record["train_loss"] = self.train_loss(index, task, matrix)
         record["routing_acc"] = self.routing_accuracy(index)
         self.produced.append(record)
         matrix.save(self.run_dir / "metrics")
@@ -97,15 +97,18 @@ class ExperienceRecorder:
                                   for task, (_, share) in top.items()}, step=index)
         return top
 
-    def train_loss(self, index: int, task: str) -> dict[str, Any] | None:
-        """{"epochs": mean training loss per epoch, "chance": mean ln(choices)} of experience
-        ``index`` (the stuck-at-chance check); ``reference/<task>/chance_loss`` in MLflow."""
+    def train_loss(self, index: int, task: str, matrix: AccuracyMatrix) -> dict[str, Any] | None:
+        """What the learnt-nothing check reads (:func:`kroncl.metrics.reference.learnt_nothing`)
+        for experience ``index``: ``epochs`` (mean training loss per epoch), ``chance`` (mean
+        ln(choices), the loss of uniform scores), ``acc`` (its own test accuracy after training)
+        and ``test_rows``; ``reference/<task>/chance_loss`` in MLflow."""
         collector = next((p for p in self.strategy.plugins if isinstance(p, TrainLossCollector)), None)
         if collector is None or not collector.epochs.get(index):
             return None
         chance = collector.chance[index]
         self.tracker.log_metrics({f"reference/{task}/chance_loss": chance}, step=index)
-        return {"epochs": collector.epochs[index], "chance": chance}
+        return {"epochs": collector.epochs[index], "chance": chance, "acc": matrix.get(index, index),
+                "test_rows": len(self.prep.benchmark.test_stream[index].dataset)}
 
     def routing_accuracy(self, index: int) -> dict[str, float] | None:
         """task -> share of its test rows answered by its own set, after experience ``index``,

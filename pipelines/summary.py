@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kroncl.metrics.reference import collapsed, loss_at_chance
+from kroncl.metrics.reference import collapsed, learnt_nothing
 from kroncl.tracking import default_tracking_uri
 
 
@@ -72,23 +72,28 @@ def collapse_warnings(artifacts: list[dict[str, Any]], reference: dict[str, Any]
     return out
 
 
-def stuck_tasks(artifacts: list[dict[str, Any]]) -> dict[str, tuple[float, float, int]]:
-    """task -> (lowest epoch-mean training loss, the loss of uniform scores, epochs) for each
-    experience whose training loss never left chance."""
+def stuck_tasks(artifacts: list[dict[str, Any]], reference: dict[str, Any]) -> dict[str, tuple]:
+    """task -> (lowest epoch-mean training loss, the loss of uniform scores, epochs, test accuracy,
+    chance) for each experience that learnt nothing (:func:`~kroncl.metrics.reference.learnt_nothing`);
+    ``reference``: task -> ReferenceRates or its dict."""
     out = {}
     for rec in artifacts:
-        tl = rec.get("train_loss")
-        if tl and tl["epochs"] and loss_at_chance(min(tl["epochs"]), tl["chance"]):
-            out[rec["task"]] = (min(tl["epochs"]), tl["chance"], len(tl["epochs"]))
+        tl, ref = rec.get("train_loss"), reference.get(rec["task"])
+        if not (tl and tl["epochs"] and ref):
+            continue
+        chance = ref["chance"] if isinstance(ref, dict) else ref.chance
+        low = min(tl["epochs"])
+        if learnt_nothing(low, tl["chance"], tl["acc"], chance, tl["test_rows"]):
+            out[rec["task"]] = (low, tl["chance"], len(tl["epochs"]), tl["acc"], chance)
     return out
 
 
-def stuck_warnings(artifacts: list[dict[str, Any]]) -> list[str]:
-    """One line per experience whose training loss stayed at ln(choices)."""
-    return [f"warning: {task}: training loss never left chance ({low:.3f} at best over {n} epoch"
-            f"{'s' if n != 1 else ''}; uniform scores give {chance:.3f}) — the adapter learnt nothing "
-            f"from this task; try another train.lr, more epochs or more rows"
-            for task, (low, chance, n) in stuck_tasks(artifacts).items()]
+def stuck_warnings(artifacts: list[dict[str, Any]], reference: dict[str, Any] | None) -> list[str]:
+    """One line per experience that learnt nothing: loss at ln(choices), accuracy at chance."""
+    return [f"warning: {task}: nothing learnt — training loss never left chance ({low:.3f} at best over {n} "
+            f"epoch{'s' if n != 1 else ''}; uniform scores give {uniform:.3f}) and test accuracy {acc:.3f} "
+            f"is within 2 standard errors of chance {chance:.3f}; try another train.lr, more epochs or more rows"
+            for task, (low, uniform, n, acc, chance) in stuck_tasks(artifacts, reference or {}).items()]
 
 
 def format_summary(result, *, settings, param_counts: dict[str, int], tracker, registry_url: str | None,
@@ -105,7 +110,7 @@ def format_summary(result, *, settings, param_counts: dict[str, int], tracker, r
         "accuracy matrix R[i][j] (row: after training task i; column: test accuracy on task j)",
         format_matrix(result.matrix, reference),
         *collapse_warnings(result.artifacts, reference),
-        *stuck_warnings(result.artifacts),
+        *stuck_warnings(result.artifacts, reference),
         format_task_labels(result.matrix.task_labels, result.artifacts, settings.eval.router,
                            settings.strategy.mode),
         "",

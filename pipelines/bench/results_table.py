@@ -32,7 +32,7 @@ class RunInfo:
     val_acc: float | None
     """Mean over experiences of the selected epoch's validation accuracy (train.select=best_val)."""
     stuck: list[str] = field(default_factory=list)
-    """Tasks whose training loss never left ln(choices) (:func:`pipelines.summary.stuck_tasks`)."""
+    """Tasks that learnt nothing: loss at ln(choices), accuracy at chance (:func:`pipelines.summary.stuck_tasks`)."""
 
     def metric(self, name: str) -> float | None:
         value = self.summary.get(name)
@@ -60,7 +60,7 @@ def load_run(run_dir: Path) -> RunInfo:
             vals.append(sel["val_acc"][sel["selected_epoch"] - 1])
     return RunInfo(run_dir, config, data["summary"], data.get("param_counts", {}),
                    data.get("reference", {}), collapsed, statistics.fmean(vals) if vals else None,
-                   stuck=sorted(stuck_tasks(artifacts)))
+                   stuck=sorted(stuck_tasks(artifacts, data.get("reference", {}))))
 
 
 def find_runs(root: Path) -> list[RunInfo]:
@@ -115,12 +115,12 @@ class Row:
     @property
     def flag(self) -> str:
         return "".join(f"{word}: {','.join(hit)} " for word, hit in (
-            ("collapsed", self.tasks_with("collapsed")), ("loss at chance", self.tasks_with("stuck"))) if hit)
+            ("collapsed", self.tasks_with("collapsed")), ("learnt nothing", self.tasks_with("stuck"))) if hit)
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.keys, "params_per_set": self.params, "seeds": self.seeds,
                 "n": len(self.runs), "note": self.note,
-                "collapsed": self.tasks_with("collapsed"), "loss_at_chance": self.tasks_with("stuck"),
+                "collapsed": self.tasks_with("collapsed"), "learnt_nothing": self.tasks_with("stuck"),
                 **{m: {"mean": s[0], "std": s[1], "n": s[2]} for m, s in self.stats().items()},
                 "val_acc": dict(zip(("mean", "std", "n"), self.val_stats())),
                 "runs": [str(r.run_dir) for r in self.runs]}
@@ -203,8 +203,8 @@ def stream_report(stream: str, rows: Sequence[Row], key_names: Sequence[str]) ->
         lines.append("collapsed: after the last experience ≥95% of that task's test rows got one answer "
                      "in at least one seed — its accuracy is where the answers sit, not knowledge")
     if any(row.tasks_with("stuck") for row in rows):
-        lines.append("loss at chance: in at least one seed that task's training loss never fell 2% below "
-                     "ln(choices) — the adapter learnt nothing from it")
+        lines.append("learnt nothing: in at least one seed that task's training loss never fell 2% below "
+                     "ln(choices) and its test accuracy stayed within 2 standard errors of chance")
     return "\n".join(lines)
 
 
