@@ -79,7 +79,7 @@ def stuck_tasks(artifacts: list[dict[str, Any]], reference: dict[str, Any]) -> d
     out = {}
     for rec in artifacts:
         tl, ref = rec.get("train_loss"), reference.get(rec["task"])
-        if not (tl and tl["epochs"] and ref):
+        if not (tl and tl["epochs"] and ref and "acc" in tl):  # runs from before the check: none
             continue
         chance = ref["chance"] if isinstance(ref, dict) else ref.chance
         low = min(tl["epochs"])
