@@ -33,6 +33,10 @@ class RunInfo:
     """Mean over experiences of the selected epoch's validation accuracy (train.select=best_val)."""
     stuck: list[str] = field(default_factory=list)
     """Tasks that learnt nothing: loss at ln(choices), accuracy at chance (:func:`pipelines.summary.stuck_tasks`)."""
+    before: dict[str, float] = field(default_factory=dict)
+    """Task -> test accuracy before any training (the accuracy matrix's zero-shot row)."""
+    final: dict[str, float] = field(default_factory=dict)
+    """Task -> test accuracy after the last experience (the matrix's last row)."""
 
     def metric(self, name: str) -> float | None:
         value = self.summary.get(name)
@@ -58,9 +62,16 @@ def load_run(run_dir: Path) -> RunInfo:
         sel = rec.get("selection")
         if sel and sel.get("selected_epoch"):
             vals.append(sel["val_acc"][sel["selected_epoch"] - 1])
+    before, final = {}, {}
+    matrix_path = run_dir / "metrics" / "accuracy_matrix.json"
+    if matrix_path.exists():
+        m = json.loads(matrix_path.read_text(encoding="utf-8"))
+        rows = [r for r in m.get("rows", []) if r and all(v is not None for v in r)]
+        before = {t: v for t, v in zip(m["task_names"], m.get("baseline") or []) if v is not None}
+        final = dict(zip(m["task_names"], rows[-1])) if len(rows) == len(m["task_names"]) else {}
     return RunInfo(run_dir, config, data["summary"], data.get("param_counts", {}),
                    data.get("reference", {}), collapsed, statistics.fmean(vals) if vals else None,
-                   stuck=sorted(stuck_tasks(artifacts, data.get("reference", {}))))
+                   stuck=sorted(stuck_tasks(artifacts, data.get("reference", {}))), before=before, final=final)
 
 
 def find_runs(root: Path) -> list[RunInfo]:
@@ -108,6 +119,11 @@ class Row:
     def seeds(self) -> list[int]:
         return sorted(r.config.get("seed") for r in self.runs if r.config.get("seed") is not None)
 
+    def per_task(self, attr: str) -> dict[str, tuple[float | None, float | None, int]]:
+        """Task -> (mean, std, n) over the seeds of ``before`` or ``final`` accuracy."""
+        tasks = dict.fromkeys(t for r in self.runs for t in getattr(r, attr))
+        return {t: mean_std(getattr(r, attr).get(t) for r in self.runs) for t in tasks}
+
     def tasks_with(self, attr: str) -> list[str]:
         """Tasks marked ``attr`` (``collapsed`` or ``stuck``) in at least one seed."""
         return sorted({t for r in self.runs for t in getattr(r, attr)})
@@ -123,6 +139,8 @@ class Row:
                 "collapsed": self.tasks_with("collapsed"), "learnt_nothing": self.tasks_with("stuck"),
                 **{m: {"mean": s[0], "std": s[1], "n": s[2]} for m, s in self.stats().items()},
                 "val_acc": dict(zip(("mean", "std", "n"), self.val_stats())),
+                **{f"{attr}_per_task": {t: dict(zip(("mean", "std", "n"), v)) for t, v in self.per_task(attr).items()}
+                   for attr in ("before", "final")},
                 "runs": [str(r.run_dir) for r in self.runs]}
 
 
@@ -199,6 +217,7 @@ def stream_report(stream: str, rows: Sequence[Row], key_names: Sequence[str]) ->
     lines = [f"== stream {stream}", format_text(rows, key_names), LEGEND,
              "reference accuracies of each task's test set (answering without understanding):",
              *reference_lines(runs)]
+    lines += per_task_lines(rows, key_names)
     if any(row.tasks_with("collapsed") for row in rows):
         lines.append("collapsed: after the last experience ≥95% of that task's test rows got one answer "
                      "in at least one seed — its accuracy is where the answers sit, not knowledge")
@@ -206,6 +225,21 @@ def stream_report(stream: str, rows: Sequence[Row], key_names: Sequence[str]) ->
         lines.append("learnt nothing: in at least one seed that task's training loss never fell 2% below "
                      "ln(choices) and its test accuracy stayed within 2 standard errors of chance")
     return "\n".join(lines)
+
+
+def per_task_lines(rows: Sequence[Row], key_names: Sequence[str]) -> list[str]:
+    """Per row: each task's accuracy before any training -> after the last experience (what
+    ACC averages), mean ± std over the seeds."""
+    out = []
+    for row in rows:
+        before, final = row.per_task("before"), row.per_task("final")
+        if not final:
+            continue
+        label = " ".join(v if k in ("adapter", "strategy", "labels") else f"{k} {v}"
+                         for k in key_names if (v := row.keys.get(k, "")) not in ("", "-"))
+        out.append(f"  {label}: " + ", ".join(
+            f"{t} {fmt_mean_std(*before.get(t, (None, None))[:2])} -> {fmt_mean_std(*final[t][:2])}" for t in final))
+    return ["accuracy per task, before any training -> after the last experience:", *out] if out else []
 
 
 def stream_markdown(stream: str, rows: Sequence[Row], key_names: Sequence[str]) -> str:

@@ -68,9 +68,18 @@ def test_printed_mean_std_are_those_of_the_runs(continual):
         assert cells[10] == "2"
         chance = summaries[0]["reference"]["toy_larger"]["chance"]
         assert f"toy_larger: chance {chance:.3f}" in out
+    # per task, before any training -> after the last experience: the matrix files' first and last rows
+    matrices = [json.loads((out_dir / "runs" / "toy" / f"kron2x2-sequential-known-s{s}" / "metrics"
+                            / "accuracy_matrix.json").read_text()) for s in (0, 1)]
+    line = next(x for x in out.splitlines() if x.startswith("  kron2x2 sequential lr "))
+    for j, task in enumerate(matrices[0]["task_names"]):
+        before = expected([m["baseline"][j] for m in matrices], signed=False)
+        after = expected([m["rows"][-1][j] for m in matrices], signed=False)
+        assert f"{task} {before} -> {after}" in line
     doc = json.loads((out_dir / "results.json").read_text())
     row = next(r for r in doc["streams"]["toy"]["rows"] if r["adapter"] == "lora8" and r["strategy"] == "sequential")
     assert row["seeds"] == [0, 1] and row["n"] == 2
+    assert row["final_per_task"]["toy_smaller"]["n"] == 2
     assert (out_dir / "results.md").read_text().startswith("### stream toy")
 
 
