@@ -106,7 +106,8 @@ class ExperienceRecorder:
         if collector is None or not collector.epochs.get(index):
             return None
         chance = collector.chance[index]
-        self.tracker.log_metrics({f"reference/{task}/chance_loss": chance}, step=index)
+        # step 0 like every reference/ metric: a constant of the task's rows, not of the experience
+        self.tracker.log_metrics({f"reference/{task}/chance_loss": chance}, step=0)
         return {"epochs": collector.epochs[index], "chance": chance, "acc": matrix.get(index, index),
                 "test_rows": len(self.prep.benchmark.test_stream[index].dataset)}
 
