@@ -9,7 +9,8 @@ The stateful plugins implement the checkpoint contract of :mod:`kroncl.strategy.
   accuracy matrix (avalanche-lib's ``AccuracyMatrixPluginMetric`` crashes on the evaluation
   before any training that forward transfer needs).
 - :class:`TrainLossCollector` — the mean multiple-choice cross-entropy of each training epoch next
-  to the rows' mean ln(choices), the loss of uniform scores (the stuck-at-chance check).
+  to the rows' mean ln(choices), the loss of uniform scores (for the learnt-nothing check of
+  :mod:`kroncl.metrics.reference`).
 - :class:`ChoiceLwFPlugin` — avalanche-lib's LwF, distilling only the choice columns a batch has.
 - :class:`DictEWCPlugin` — avalanche-lib's EWC with importances computed on dict batches and
   only over trainable parameters (its own ``compute_importances`` unpacks tuple batches and

@@ -51,6 +51,8 @@ def load_run(run_dir: Path) -> RunInfo:
     data = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
     cfg_path = run_dir / "config.yaml"
     config = OmegaConf.to_container(OmegaConf.load(cfg_path)) if cfg_path.exists() else {}
+    from kroncl.metrics import AccuracyMatrix
+    from kroncl.metrics.matrix import MATRIX_JSON
     from kroncl.metrics.reference import collapsed as is_collapsed  # the summary's own rules
     from pipelines.summary import stuck_tasks
 
@@ -63,12 +65,11 @@ def load_run(run_dir: Path) -> RunInfo:
         if sel and sel.get("selected_epoch"):
             vals.append(sel["val_acc"][sel["selected_epoch"] - 1])
     before, final = {}, {}
-    matrix_path = run_dir / "metrics" / "accuracy_matrix.json"
-    if matrix_path.exists():
-        m = json.loads(matrix_path.read_text(encoding="utf-8"))
-        rows = [r for r in m.get("rows", []) if r and all(v is not None for v in r)]
-        before = {t: v for t, v in zip(m["task_names"], m.get("baseline") or []) if v is not None}
-        final = dict(zip(m["task_names"], rows[-1])) if len(rows) == len(m["task_names"]) else {}
+    if (run_dir / "metrics" / MATRIX_JSON).exists():
+        matrix = AccuracyMatrix.load(run_dir / "metrics")  # the run's own file format, version-checked
+        rows = matrix.complete_rows()
+        before = {t: v for t, v in zip(matrix.task_names, matrix.baseline) if v is not None}
+        final = dict(zip(matrix.task_names, rows[-1])) if len(rows) == len(matrix.task_names) else {}
     return RunInfo(run_dir, config, data["summary"], data.get("param_counts", {}),
                    data.get("reference", {}), collapsed, statistics.fmean(vals) if vals else None,
                    stuck=sorted(stuck_tasks(artifacts, data.get("reference", {}))), before=before, final=final)
